@@ -1,0 +1,310 @@
+//! The message on standard input: a bounded read of the header block, a drain of the rest, and
+//! what the headers say about whether the phone should wake up.
+
+use std::fs::File;
+use std::io::{self, ErrorKind, IsTerminal, Read};
+use std::os::fd::AsFd;
+
+use mail_parser::{HeaderName, MessageParser};
+
+/// Headers beyond this are not looked at: a real header block is a few KiB, and the bound keeps
+/// memory flat whatever arrives.
+pub const HEADER_CAP: usize = 256 * 1024;
+/// A pipe hands over at most 64 KiB per read on Linux.
+const CHUNK: usize = 64 * 1024;
+
+/// Reads the message on standard input, if there is one: `None` when standard input is a
+/// terminal (a manual run) or closed. Returns the header block; the rest is read and thrown
+/// away so that a writer on a pipe never sees EPIPE.
+pub fn read_stdin() -> io::Result<Option<Vec<u8>>> {
+    let stdin = io::stdin();
+    if stdin.is_terminal() {
+        return Ok(None);
+    }
+    let mut input = match stdin.as_fd().try_clone_to_owned() {
+        Ok(fd) => File::from(fd),
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let header = read_header(&mut input)?;
+    // getmail hands over a regular file: nobody is waiting for the rest, so don't read it.
+    if !input.metadata().is_ok_and(|m| m.is_file()) {
+        drain(&mut input)?;
+    }
+    Ok(Some(header))
+}
+
+/// Reads up to and including the first empty line (LF or CRLF), at most [`HEADER_CAP`] bytes,
+/// dropping a leading mbox `From ` line. What follows the header block may have been consumed.
+pub fn read_header(input: &mut impl Read) -> io::Result<Vec<u8>> {
+    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
+    // Some(true) while inside a `From ` line being skipped; None until the first bytes are seen.
+    let mut in_from_line: Option<bool> = None;
+    let mut scanned = 0;
+    loop {
+        let want = CHUNK.min(HEADER_CAP - buf.len());
+        if want == 0 {
+            return Ok(buf);
+        }
+        let start = buf.len();
+        buf.resize(start + want, 0);
+        let n = read_some(input, &mut buf[start..])?;
+        buf.truncate(start + n);
+        let eof = n == 0;
+
+        if in_from_line.is_none() {
+            if buf.len() < 5 && !eof && b"From ".starts_with(&buf) {
+                continue;
+            }
+            in_from_line = Some(buf.starts_with(b"From "));
+        }
+        if in_from_line == Some(true) {
+            match buf.iter().position(|&b| b == b'\n') {
+                Some(nl) => {
+                    buf.drain(..=nl);
+                    in_from_line = Some(false);
+                }
+                None => buf.clear(),
+            }
+        }
+        if let Some(end) = header_end(&buf, scanned) {
+            buf.truncate(end);
+            return Ok(buf);
+        }
+        // The blank line may straddle two reads: rescan the last two bytes.
+        scanned = buf.len().saturating_sub(2);
+        if eof {
+            return Ok(buf);
+        }
+    }
+}
+
+/// The length of the header block including its terminating empty line, if `buf` holds it all.
+fn header_end(buf: &[u8], from: usize) -> Option<usize> {
+    if buf.starts_with(b"\n") {
+        return Some(1);
+    }
+    if buf.starts_with(b"\r\n") {
+        return Some(2);
+    }
+    let mut i = from;
+    while let Some(off) = buf[i..].iter().position(|&b| b == b'\n') {
+        let nl = i + off;
+        match buf.get(nl + 1..) {
+            Some([b'\n', ..]) => return Some(nl + 2),
+            Some([b'\r', b'\n', ..]) => return Some(nl + 3),
+            _ => i = nl + 1,
+        }
+    }
+    None
+}
+
+/// Reads and discards everything left, in a fixed buffer.
+pub fn drain(input: &mut impl Read) -> io::Result<u64> {
+    let mut buf = [0u8; CHUNK];
+    let mut total = 0;
+    loop {
+        match read_some(input, &mut buf)? {
+            0 => return Ok(total),
+            n => total += n as u64,
+        }
+    }
+}
+
+fn read_some(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match input.read(buf) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// What the headers say, as far as the decision to notify is concerned.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// The first `Auto-Submitted` value that is not `no`, lower-cased, e.g. `auto-replied`.
+    pub auto_submitted: Option<String>,
+}
+
+/// Looks at the header block; garbage in gives a summary that says "not automatic".
+pub fn summarize(header: &[u8]) -> Summary {
+    let mut summary = Summary::default();
+    let Some(message) = MessageParser::new().parse_headers(header) else {
+        return summary;
+    };
+    for h in message.headers() {
+        if h.name == HeaderName::AutoSubmitted {
+            let raw = header
+                .get(h.offset_start as usize..h.offset_end as usize)
+                .unwrap_or_default();
+            let word = first_word(raw);
+            // An empty value says nothing; RFC 3834 treats a missing header as `no`.
+            if !word.is_empty() && !word.eq_ignore_ascii_case(b"no") {
+                summary.auto_submitted = Some(String::from_utf8_lossy(word).to_ascii_lowercase());
+                break;
+            }
+        }
+    }
+    summary
+}
+
+/// The first token of a structured header value: folding white space and (nested) comments
+/// skipped, ending at white space, `;` or a comment.
+fn first_word(value: &[u8]) -> &[u8] {
+    let mut i = 0;
+    let mut depth = 0usize;
+    while i < value.len() {
+        match value[i] {
+            b'\\' if depth > 0 => i += 1,
+            b'(' => depth += 1,
+            b')' if depth > 0 => depth -= 1,
+            b' ' | b'\t' | b'\r' | b'\n' => {}
+            _ if depth > 0 => {}
+            _ => break,
+        }
+        i += 1;
+    }
+    let start = i.min(value.len());
+    let len = value[start..]
+        .iter()
+        .position(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b';' | b'('))
+        .unwrap_or(value.len() - start);
+    &value[start..start + len]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header_of(input: &[u8]) -> Vec<u8> {
+        read_header(&mut &input[..]).unwrap()
+    }
+
+    /// Hands out at most `n` bytes per read, like a slow pipe.
+    struct Trickle<'a>(&'a [u8], usize);
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.1.min(buf.len()).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn stops_at_the_blank_line() {
+        assert_eq!(header_of(b"A: 1\nB: 2\n\nbody\n\nmore"), b"A: 1\nB: 2\n\n");
+        assert_eq!(
+            header_of(b"A: 1\r\nB: 2\r\n\r\nbody"),
+            b"A: 1\r\nB: 2\r\n\r\n"
+        );
+        assert_eq!(header_of(b"\nbody"), b"\n");
+        assert_eq!(header_of(b"\r\nbody"), b"\r\n");
+        assert_eq!(header_of(b""), b"");
+        assert_eq!(header_of(b"A: 1\nno blank line"), b"A: 1\nno blank line");
+    }
+
+    #[test]
+    fn blank_line_split_across_reads() {
+        let msg = b"From a@b Thu Jan  1 00:00:00 1970\r\nA: 1\r\n\r\nbody";
+        for step in 1..8 {
+            let got = read_header(&mut Trickle(msg, step)).unwrap();
+            assert_eq!(got, b"A: 1\r\n\r\n", "step {step}");
+        }
+    }
+
+    #[test]
+    fn skips_from_line_only_at_the_start() {
+        assert_eq!(header_of(b"From x@y Mon\nA: 1\n\nb"), b"A: 1\n\n");
+        assert_eq!(header_of(b"A: 1\nFrom x@y\n\nb"), b"A: 1\nFrom x@y\n\n");
+        assert_eq!(header_of(b"Fro"), b"Fro");
+        assert_eq!(header_of(b"From: a@b\n\n"), b"From: a@b\n\n");
+    }
+
+    #[test]
+    fn header_is_capped() {
+        let mut msg = b"X: ".to_vec();
+        msg.resize(HEADER_CAP * 3, b'a');
+        let got = header_of(&msg);
+        assert_eq!(got.len(), HEADER_CAP);
+    }
+
+    #[test]
+    fn endless_from_line_is_swallowed() {
+        let mut msg = b"From ".to_vec();
+        msg.resize(HEADER_CAP * 2, b'x');
+        msg.extend_from_slice(b"\nA: 1\n\n");
+        assert_eq!(header_of(&msg), b"A: 1\n\n");
+    }
+
+    #[test]
+    fn drain_reads_everything() {
+        let data = vec![7u8; CHUNK * 3 + 5];
+        assert_eq!(drain(&mut Trickle(&data, 1000)).unwrap(), data.len() as u64);
+    }
+
+    fn auto(header: &str) -> Option<String> {
+        summarize(header.as_bytes()).auto_submitted
+    }
+
+    #[test]
+    fn auto_submitted_forms() {
+        let yes = |h: &str, v: &str| assert_eq!(auto(h).as_deref(), Some(v), "{h:?}");
+        yes("Auto-Submitted: auto-replied\n\n", "auto-replied");
+        yes("auto-submitted: Auto-Generated\n\n", "auto-generated");
+        yes(
+            "AUTO-SUBMITTED: auto-notified; owner-email=\"a@b\"\n\n",
+            "auto-notified",
+        );
+        yes("Auto-Submitted:\n\tauto-replied\n\n", "auto-replied");
+        yes(
+            "Auto-Submitted: (vacation (nested) \\) ) auto-replied\n\n",
+            "auto-replied",
+        );
+        yes("Auto-Submitted:auto-replied(why)\n\n", "auto-replied");
+        yes("Auto-Submitted: auto-future-value\n\n", "auto-future-value");
+        yes(
+            "Auto-Submitted: no\nAuto-Submitted: auto-replied\n\n",
+            "auto-replied",
+        );
+        yes(
+            "Auto-Submitted: auto-replied\r\nSubject: x\r\n\r\n",
+            "auto-replied",
+        );
+        yes("Auto-Submitted: =?utf-8?q?no?=\n\n", "=?utf-8?q?no?=");
+    }
+
+    #[test]
+    fn not_automatic() {
+        let no = |h: &str| assert_eq!(auto(h), None, "{h:?}");
+        no("Auto-Submitted: no\n\n");
+        no("Auto-Submitted: NO (a person wrote this)\n\n");
+        no("Auto-Submitted: (comment) no; x=y\n\n");
+        no("Auto-Submitted: no\nauto-submitted: No\n\n");
+        no("Auto-Submitted:\n\n");
+        no("X-Auto-Submitted: auto-replied\n\n");
+        no("Subject: Auto-Submitted: auto-replied\n\n");
+        no("Subject: hi\n\nAuto-Submitted: auto-replied\n");
+        no("");
+        no("\u{0}\u{1}garbage\u{ff}");
+    }
+
+    #[test]
+    fn body_after_the_cap_is_not_a_header() {
+        let mut msg = b"X: ".to_vec();
+        msg.resize(HEADER_CAP, b'a');
+        msg.extend_from_slice(b"\nAuto-Submitted: auto-replied\n\n");
+        let header = header_of(&msg);
+        assert_eq!(summarize(&header).auto_submitted, None);
+    }
+
+    #[test]
+    fn first_word_edges() {
+        assert_eq!(first_word(b""), b"");
+        assert_eq!(first_word(b"   "), b"");
+        assert_eq!(first_word(b"(unclosed"), b"");
+        assert_eq!(first_word(b" a b"), b"a");
+        assert_eq!(first_word(b"x;y"), b"x");
+    }
+}
