@@ -1,5 +1,6 @@
 //! The HTTP side: one POST per token to the notification relay, retried within a time budget.
 
+use std::io;
 use std::net::IpAddr;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -151,6 +152,11 @@ fn describe(e: &ureq::Error) -> String {
         ureq::Error::Timeout(_) => "the relay did not answer in time".to_string(),
         ureq::Error::HostNotFound => "relay host not found (DNS)".to_string(),
         ureq::Error::ConnectionFailed => "could not connect to the relay".to_string(),
+        ureq::Error::Io(io) => match io.kind() {
+            io::ErrorKind::ConnectionRefused => "the relay refused the connection".to_string(),
+            io::ErrorKind::TimedOut => "the relay did not answer in time".to_string(),
+            _ => format!("network error: {io}"),
+        },
         other => other.to_string().replace('\n', " "),
     }
 }

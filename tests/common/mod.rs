@@ -201,12 +201,12 @@ impl Sandbox {
     /// The binary with HOME and XDG_CACHE_HOME in the sandbox and nothing inherited that
     /// could change its behaviour.
     pub fn cmd(&self) -> assert_cmd::Command {
-        assert_cmd::Command::new(bin())
-            .env_clear()
+        let mut c = assert_cmd::Command::new(bin());
+        c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.home.path())
-            .env("XDG_CACHE_HOME", self.home.path().join("cache"))
-            .to_owned()
+            .env("XDG_CACHE_HOME", self.home.path().join("cache"));
+        c
     }
 
     /// The same as a plain `std::process::Command`, for spawning many at once.
@@ -255,7 +255,9 @@ pub const PLAIN: &str = "From: alice@example.org\nTo: bob@example.net\nSubject: 
 Message-ID: <1@example.org>\n\nHello Bob\n";
 
 pub fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
 }
 
 /// Shows the first 8 characters of a token, as the binary does.
