@@ -61,6 +61,29 @@ pub struct Cli {
     #[arg(long)]
     pub tempfail: bool,
 
+    /// Skip mail from this address (your own, so mail from your other devices stays quiet);
+    /// repeatable or comma-separated
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "DELTAPUSH_SKIP_FROM",
+        value_delimiter = ','
+    )]
+    pub skip_from: Vec<String>,
+
+    /// Notify only for Delta Chat messages (those with a Chat-Version header)
+    #[arg(long)]
+    pub only_chat: bool,
+
+    /// Skip mail whose Date is older than this, e.g. 1h; a missing or bad Date counts as new
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_age: Option<Duration>,
+
+    /// Send nothing; check the tokens, the cache dir and the way to the relay, one line each,
+    /// and exit 0 only if all is well
+    #[arg(long, conflicts_with = "dry_run")]
+    pub check: bool,
+
     /// Print one line per decision on standard error
     #[arg(short, long, conflicts_with = "quiet")]
     pub verbose: bool,
@@ -113,6 +136,13 @@ mod tests {
             "{line}"
         );
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn skip_from_list() {
+        let cli =
+            Cli::try_parse_from(["x", "--skip-from", "a@b,c@d", "--skip-from", "e@f"]).unwrap();
+        assert_eq!(cli.skip_from, ["a@b", "c@d", "e@f"]);
     }
 
     #[test]

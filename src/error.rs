@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 /// EX_USAGE: the command line or a token is wrong.
 pub const EX_USAGE: u8 = 64;
+/// EX_UNAVAILABLE: `--check` could not reach the relay.
+pub const EX_UNAVAILABLE: u8 = 69;
 /// EX_IOERR: standard input could not be read.
 pub const EX_IOERR: u8 = 74;
 /// EX_TEMPFAIL: a token could not be notified and `--tempfail` asks the caller to retry.
@@ -29,6 +31,8 @@ pub enum Error {
         failures: Vec<String>,
         tempfail: bool,
     },
+    /// `--check` found problems (already reported one per line); `code` is the first one's.
+    CheckFailed { failed: usize, code: u8 },
 }
 
 impl Error {
@@ -41,6 +45,7 @@ impl Error {
             Error::NotNotified {
                 tempfail: false, ..
             } => 0,
+            Error::CheckFailed { code, .. } => *code,
         }
     }
 }
@@ -58,6 +63,8 @@ impl fmt::Display for Error {
             ),
             Error::Input(e) => write!(f, "reading the message from standard input: {e}"),
             Error::NotNotified { failures, .. } => f.write_str(&failures.join("\n")),
+            Error::CheckFailed { failed: 1, .. } => f.write_str("1 check failed"),
+            Error::CheckFailed { failed, .. } => write!(f, "{failed} checks failed"),
         }
     }
 }
