@@ -11,6 +11,7 @@ const AFTER_HELP: &str = "\
 Exit status (sysexits.h):
   0   notified, skipped, rate-limited, or the relay failed (an error line says so)
   64  usage: no token, a malformed token, a bad option
+  69  --check could not reach the relay
   74  standard input could not be read
   75  a token could not be notified and --tempfail was given: the caller should retry
   78  configuration: cache dir not usable, insecure --url, unreadable --token-file
@@ -75,7 +76,8 @@ pub struct Cli {
     #[arg(long)]
     pub only_chat: bool,
 
-    /// Skip mail whose Date is older than this, e.g. 1h; a missing or bad Date counts as new
+    /// Skip mail whose Date is older than this, e.g. 1h; a missing or bad Date counts as new.
+    /// Delta Chat shifts Date by a few minutes, so keep this above 10m
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub max_age: Option<Duration>,
 
