@@ -11,28 +11,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::{PLAIN, Relay, Reply, Sandbox, refused_port, shown, token};
 
-/// Runs the binary once with `input` on stdin and returns (exit code, stderr).
-fn deliver(sb: &Sandbox, relay: &Relay, input: &str, args: &[&str]) -> (i32, String) {
-    let out = sb
-        .cmd()
-        .arg("--url")
-        .arg(&relay.url)
-        .args(args)
-        .write_stdin(input)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
-
 #[test]
 fn plain_message_notifies_once_and_says_nothing() {
     let sb = Sandbox::new();
     let relay = Relay::start();
     let t = token(1);
-    assert_eq!(deliver(&sb, &relay, PLAIN, &[&t]), (0, String::new()));
+    assert_eq!(
+        sb.deliver(&relay, PLAIN.as_ref(), &[&t]),
+        (0, String::new())
+    );
     let reqs = relay.requests();
     assert_eq!(reqs.len(), 1);
     assert_eq!(reqs[0].method, "POST");
@@ -53,7 +40,7 @@ fn verbose_says_what_it_did() {
     let sb = Sandbox::new();
     let relay = Relay::start();
     let t = token(2);
-    let (code, err) = deliver(&sb, &relay, PLAIN, &["-v", &t]);
+    let (code, err) = sb.deliver(&relay, PLAIN.as_ref(), &["-v", &t]);
     assert_eq!(code, 0);
     assert_eq!(
         err,
@@ -87,7 +74,7 @@ fn automatic_mail_is_skipped_in_every_form() {
     for (header, value) in forms {
         let sb = Sandbox::new();
         let msg = format!("From: a@b\n{header}Subject: x\n\nbody\n");
-        let (code, err) = deliver(&sb, &relay, &msg, &["-v", &token(3)]);
+        let (code, err) = sb.deliver(&relay, msg.as_ref(), &["-v", &token(3)]);
         assert_eq!(code, 0, "{header:?}");
         assert_eq!(
             err,
@@ -95,7 +82,10 @@ fn automatic_mail_is_skipped_in_every_form() {
             "{header:?}"
         );
         // Silent without -v.
-        assert_eq!(deliver(&sb, &relay, &msg, &[&token(3)]), (0, String::new()));
+        assert_eq!(
+            sb.deliver(&relay, msg.as_ref(), &[&token(3)]),
+            (0, String::new())
+        );
         assert!(!sb.cache_dir().exists(), "a skip must not touch the cache");
     }
     assert_eq!(relay.bodies(), Vec::<String>::new());
@@ -115,7 +105,7 @@ fn person_written_mail_notifies_whatever_else_says_auto() {
         let sb = Sandbox::new();
         let t = token(100 + i as u32);
         assert_eq!(
-            deliver(&sb, &relay, msg, &[&t]),
+            sb.deliver(&relay, msg.as_ref(), &[&t]),
             (0, String::new()),
             "{msg:?}"
         );
@@ -130,7 +120,7 @@ fn mbox_from_line_and_crlf() {
     let skipped = "From MAILER-DAEMON Wed Nov 25 10:00:00 2026\r\n\
                    Auto-Submitted: auto-replied\r\nSubject: bounce\r\n\r\nbody\r\n";
     assert_eq!(
-        deliver(&sb, &relay, skipped, &["-v", &token(4)]),
+        sb.deliver(&relay, skipped.as_ref(), &["-v", &token(4)]),
         (
             0,
             "deltapush-mda: skipped: auto-submitted (auto-replied)\n".into()
@@ -138,7 +128,7 @@ fn mbox_from_line_and_crlf() {
     );
     let plain = "From alice@example.org Wed Nov 25 10:00:00 2026\r\nFrom: a@b\r\n\r\nhi\r\n";
     assert_eq!(
-        deliver(&sb, &relay, plain, &[&token(4)]),
+        sb.deliver(&relay, plain.as_ref(), &[&token(4)]),
         (0, String::new())
     );
     assert_eq!(relay.bodies(), [token(4)]);
@@ -148,7 +138,10 @@ fn mbox_from_line_and_crlf() {
 fn empty_stdin_notifies() {
     let relay = Relay::start();
     let sb = Sandbox::new();
-    assert_eq!(deliver(&sb, &relay, "", &[&token(5)]), (0, String::new()));
+    assert_eq!(
+        sb.deliver(&relay, "".as_ref(), &[&token(5)]),
+        (0, String::new())
+    );
     assert_eq!(relay.bodies(), [token(5)]);
 }
 
@@ -218,8 +211,11 @@ fn rate_limit_hit_and_expiry() {
     let relay = Relay::start();
     let sb = Sandbox::new();
     let t = token(8);
-    assert_eq!(deliver(&sb, &relay, PLAIN, &[&t]), (0, String::new()));
-    let (code, err) = deliver(&sb, &relay, PLAIN, &["-v", "--interval", "1m", &t]);
+    assert_eq!(
+        sb.deliver(&relay, PLAIN.as_ref(), &[&t]),
+        (0, String::new())
+    );
+    let (code, err) = sb.deliver(&relay, PLAIN.as_ref(), &["-v", "--interval", "1m", &t]);
     assert_eq!(code, 0);
     assert!(
         err.starts_with(&format!(
@@ -241,18 +237,18 @@ fn rate_limit_hit_and_expiry() {
         .set_modified(SystemTime::now() - Duration::from_secs(2))
         .unwrap();
     assert_eq!(
-        deliver(&sb, &relay, PLAIN, &["--interval", "1s", &t]),
+        sb.deliver(&relay, PLAIN.as_ref(), &["--interval", "1s", &t]),
         (0, String::new())
     );
     assert_eq!(relay.bodies().len(), 2);
     // And right after, limited again; an interval of 0 turns the limit off.
     assert_eq!(
-        deliver(&sb, &relay, PLAIN, &["--interval", "1s", &t]),
+        sb.deliver(&relay, PLAIN.as_ref(), &["--interval", "1s", &t]),
         (0, String::new())
     );
     assert_eq!(relay.bodies().len(), 2);
     assert_eq!(
-        deliver(&sb, &relay, PLAIN, &["--interval", "0", &t]),
+        sb.deliver(&relay, PLAIN.as_ref(), &["--interval", "0", &t]),
         (0, String::new())
     );
     assert_eq!(relay.bodies().len(), 3);
@@ -264,11 +260,11 @@ fn real_interval_expires() {
     let sb = Sandbox::new();
     let t = token(9);
     let args = ["--interval", "1s", t.as_str()];
-    deliver(&sb, &relay, PLAIN, &args);
-    deliver(&sb, &relay, PLAIN, &args);
+    sb.deliver(&relay, PLAIN.as_ref(), &args);
+    sb.deliver(&relay, PLAIN.as_ref(), &args);
     assert_eq!(relay.bodies().len(), 1);
     thread::sleep(Duration::from_millis(1100));
-    deliver(&sb, &relay, PLAIN, &args);
+    sb.deliver(&relay, PLAIN.as_ref(), &args);
     assert_eq!(relay.bodies().len(), 2);
 }
 
@@ -277,12 +273,15 @@ fn stamp_from_the_future_has_expired() {
     let relay = Relay::start();
     let sb = Sandbox::new();
     let t = token(10);
-    deliver(&sb, &relay, PLAIN, &[&t]);
+    sb.deliver(&relay, PLAIN.as_ref(), &[&t]);
     let stamp = fs::File::options().write(true).open(sb.stamp(&t)).unwrap();
     stamp
         .set_modified(SystemTime::now() + Duration::from_secs(3600))
         .unwrap();
-    assert_eq!(deliver(&sb, &relay, PLAIN, &[&t]), (0, String::new()));
+    assert_eq!(
+        sb.deliver(&relay, PLAIN.as_ref(), &[&t]),
+        (0, String::new())
+    );
     assert_eq!(relay.bodies().len(), 2);
 }
 
@@ -319,7 +318,7 @@ fn each_token_once() {
     let sb = Sandbox::new();
     let (a, b) = (token(12), token(13));
     assert_eq!(
-        deliver(&sb, &relay, PLAIN, &[&a, &b, &a]),
+        sb.deliver(&relay, PLAIN.as_ref(), &[&a, &b, &a]),
         (0, String::new())
     );
     assert_eq!(relay.bodies(), [a.clone(), b.clone()]);
@@ -328,10 +327,9 @@ fn each_token_once() {
     let sb2 = Sandbox::new();
     let relay2 = Relay::start();
     assert_eq!(
-        deliver(
-            &sb2,
+        sb2.deliver(
             &relay2,
-            PLAIN,
+            PLAIN.as_ref(),
             &["--token-file", file.to_str().unwrap(), &a]
         ),
         (0, String::new())
@@ -349,10 +347,13 @@ fn gone_token_says_what_to_do() {
          copy the current notify token from Delta Chat\n",
         shown(&t)
     );
-    assert_eq!(deliver(&sb, &relay, PLAIN, &[&t]), (0, line.clone()));
-    assert_eq!(deliver(&sb, &relay, PLAIN, &["--tempfail", &t]), (75, line));
+    assert_eq!(sb.deliver(&relay, PLAIN.as_ref(), &[&t]), (0, line.clone()));
     assert_eq!(
-        deliver(&sb, &relay, PLAIN, &["-q", "--tempfail", &t]),
+        sb.deliver(&relay, PLAIN.as_ref(), &["--tempfail", &t]),
+        (75, line)
+    );
+    assert_eq!(
+        sb.deliver(&relay, PLAIN.as_ref(), &["-q", "--tempfail", &t]),
         (75, String::new())
     );
     // Never retried within a run, never stamped.
@@ -369,7 +370,7 @@ fn other_client_errors_are_not_retried() {
         "deltapush-mda: token {}: the relay refused it with HTTP 404; check --url\n",
         shown(&t)
     );
-    assert_eq!(deliver(&sb, &relay, PLAIN, &[&t]), (0, line));
+    assert_eq!(sb.deliver(&relay, PLAIN.as_ref(), &[&t]), (0, line));
     assert_eq!(relay.bodies().len(), 1);
 }
 
@@ -379,7 +380,7 @@ fn server_error_is_retried_then_succeeds() {
     let sb = Sandbox::new();
     let t = token(16);
     assert_eq!(
-        deliver(&sb, &relay, PLAIN, &["--tempfail", &t]),
+        sb.deliver(&relay, PLAIN.as_ref(), &["--tempfail", &t]),
         (0, String::new())
     );
     assert_eq!(relay.bodies(), [t.clone(), t.clone()]);
@@ -392,7 +393,11 @@ fn server_error_until_the_budget_ends() {
     let sb = Sandbox::new();
     let t = token(17);
     let start = Instant::now();
-    let (code, err) = deliver(&sb, &relay, PLAIN, &["--timeout", "1s", "--tempfail", &t]);
+    let (code, err) = sb.deliver(
+        &relay,
+        PLAIN.as_ref(),
+        &["--timeout", "1s", "--tempfail", &t],
+    );
     assert!(start.elapsed() < Duration::from_secs(2));
     assert_eq!(code, 75);
     assert_eq!(
@@ -407,7 +412,10 @@ fn server_error_until_the_budget_ends() {
     assert!(!sb.stamp(&t).exists());
     // Healthy again: the next message notifies.
     relay.set_default(Reply::Status(200));
-    assert_eq!(deliver(&sb, &relay, PLAIN, &[&t]), (0, String::new()));
+    assert_eq!(
+        sb.deliver(&relay, PLAIN.as_ref(), &[&t]),
+        (0, String::new())
+    );
     assert!(sb.stamp(&t).exists());
 }
 
@@ -442,7 +450,7 @@ fn silent_relay_gives_up_within_the_timeout() {
     let sb = Sandbox::new();
     let t = token(19);
     let start = Instant::now();
-    let (code, err) = deliver(&sb, &relay, PLAIN, &["--timeout", "1s", &t]);
+    let (code, err) = sb.deliver(&relay, PLAIN.as_ref(), &["--timeout", "1s", &t]);
     let took = start.elapsed();
     assert!(took < Duration::from_secs(2), "{took:?}");
     assert_eq!(code, 0);
@@ -462,7 +470,7 @@ fn token_is_never_a_path() {
     let relay = Relay::start();
     let sb = Sandbox::new();
     assert_eq!(
-        deliver(&sb, &relay, PLAIN, &["../../x"]),
+        sb.deliver(&relay, PLAIN.as_ref(), &["../../x"]),
         (0, String::new())
     );
     assert_eq!(relay.bodies(), ["../../x"]);
@@ -486,10 +494,13 @@ fn token_length_limit() {
     let relay = Relay::start();
     let sb = Sandbox::new();
     let ok = "t".repeat(4096);
-    assert_eq!(deliver(&sb, &relay, PLAIN, &[&ok]), (0, String::new()));
+    assert_eq!(
+        sb.deliver(&relay, PLAIN.as_ref(), &[&ok]),
+        (0, String::new())
+    );
     let long = "u".repeat(4097);
     assert_eq!(
-        deliver(&sb, &relay, PLAIN, &[&long]),
+        sb.deliver(&relay, PLAIN.as_ref(), &[&long]),
         (
             64,
             "deltapush-mda: token uuuuuuuu… is 4097 bytes long, more than 4096; \
@@ -505,25 +516,29 @@ fn usage_errors() {
     let relay = Relay::start();
     let sb = Sandbox::new();
     assert_eq!(
-        deliver(&sb, &relay, PLAIN, &[]),
+        sb.deliver(&relay, PLAIN.as_ref(), &[]),
         (
             64,
             "deltapush-mda: no token given: pass TOKEN or --token-file PATH (see --help)\n".into()
         )
     );
     assert_eq!(
-        deliver(&sb, &relay, PLAIN, &["--frobnicate", "tok"]),
+        sb.deliver(&relay, PLAIN.as_ref(), &["--frobnicate", "tok"]),
         (
             64,
             "deltapush-mda: unexpected argument '--frobnicate' found; see --help\n".into()
         )
     );
     assert_eq!(
-        deliver(&sb, &relay, PLAIN, &["-q", "--interval", "never", "tok"]),
+        sb.deliver(
+            &relay,
+            PLAIN.as_ref(),
+            &["-q", "--interval", "never", "tok"]
+        ),
         (64, String::new())
     );
     assert_eq!(
-        deliver(&sb, &relay, PLAIN, &["bad token"]),
+        sb.deliver(&relay, PLAIN.as_ref(), &["bad token"]),
         (
             64,
             "deltapush-mda: token bad toke… has a character that is not visible ASCII at byte 4; \
@@ -567,10 +582,9 @@ fn unusable_cache_dir_is_a_config_error() {
     // A path below a regular file cannot be created, even by root (CI runs as root).
     let file = sb.write("not-a-dir", "");
     let dir = file.join("cache");
-    let (code, err) = deliver(
-        &sb,
+    let (code, err) = sb.deliver(
         &relay,
-        PLAIN,
+        PLAIN.as_ref(),
         &["--cache-dir", dir.to_str().unwrap(), "tok"],
     );
     assert_eq!(code, 78);
@@ -631,7 +645,7 @@ fn dry_run_sends_and_writes_nothing() {
     let relay = Relay::start();
     let sb = Sandbox::new();
     let (a, b) = (token(21), token(22));
-    let (code, err) = deliver(&sb, &relay, PLAIN, &["--dry-run", &a, &b]);
+    let (code, err) = sb.deliver(&relay, PLAIN.as_ref(), &["--dry-run", &a, &b]);
     assert_eq!(code, 0);
     assert_eq!(
         err,
@@ -647,8 +661,8 @@ fn dry_run_sends_and_writes_nothing() {
     assert!(relay.requests().is_empty());
     assert!(!sb.cache_dir().exists());
     // After a real run, the dry run reports the limit.
-    deliver(&sb, &relay, PLAIN, &[&a]);
-    let (_, err) = deliver(&sb, &relay, PLAIN, &["--dry-run", &a]);
+    sb.deliver(&relay, PLAIN.as_ref(), &[&a]);
+    let (_, err) = sb.deliver(&relay, PLAIN.as_ref(), &["--dry-run", &a]);
     assert!(
         err.contains("rate-limited: ") && err.ends_with(" s left (dry run)\n"),
         "{err}"
@@ -680,17 +694,13 @@ fn real_messages_from_the_corpus() {
     ];
     for name in bounces {
         let sb = Sandbox::new();
-        let out = sb
-            .cmd()
-            .args(["--url", &relay.url, "-v", "tok"])
-            .pipe_stdin(common::data(&format!("corpus/{name}")))
-            .unwrap()
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(0), "{name}");
+        let got = sb.deliver_file(&relay, &format!("corpus/{name}"), &["-v", "tok"]);
         assert_eq!(
-            String::from_utf8(out.stderr).unwrap(),
-            "deltapush-mda: skipped: auto-submitted (auto-replied)\n",
+            got,
+            (
+                0,
+                "deltapush-mda: skipped: auto-submitted (auto-replied)\n".to_string()
+            ),
             "{name}"
         );
     }
@@ -698,15 +708,8 @@ fn real_messages_from_the_corpus() {
     for (i, name) in chats.iter().enumerate() {
         let sb = Sandbox::new();
         let t = token(200 + i as u32);
-        let out = sb
-            .cmd()
-            .args(["--url", &relay.url, &t])
-            .pipe_stdin(common::data(&format!("corpus/{name}")))
-            .unwrap()
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(0), "{name}");
-        assert_eq!(String::from_utf8(out.stderr).unwrap(), "", "{name}");
+        let got = sb.deliver_file(&relay, &format!("corpus/{name}"), &[&t]);
+        assert_eq!(got, (0, String::new()), "{name}");
     }
     assert_eq!(relay.bodies().len(), chats.len());
 }

@@ -8,21 +8,6 @@ use std::time::{Duration, SystemTime};
 
 use common::{Relay, Reply, Sandbox, refused_port, shown, token};
 
-fn deliver(sb: &Sandbox, relay: &Relay, input: &str, args: &[&str]) -> (i32, String) {
-    let out = sb
-        .cmd()
-        .arg("--url")
-        .arg(&relay.url)
-        .args(args)
-        .write_stdin(input)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
-
 fn skipped(reason: &str) -> (i32, String) {
     (0, format!("deltapush-mda: skipped: {reason}\n"))
 }
@@ -35,10 +20,9 @@ fn mail_from_myself_does_not_ring() {
     let mine = "From: Me <ME@Example.org>\nSubject: sent from my laptop\n\nhi\n";
     let theirs = "From: Alice <alice@example.org>\nSubject: hi\n\nhi\n";
     assert_eq!(
-        deliver(
-            &sb,
+        sb.deliver(
             &relay,
-            mine,
+            mine.as_ref(),
             &["-v", "--skip-from", "me@example.org", &t]
         ),
         skipped("from self")
@@ -54,7 +38,11 @@ fn mail_from_myself_does_not_ring() {
     assert_eq!((out.status.code(), out.stderr.len()), (Some(0), 0));
     assert!(relay.bodies().is_empty());
     assert_eq!(
-        deliver(&sb, &relay, theirs, &["--skip-from", "me@example.org", &t]),
+        sb.deliver(
+            &relay,
+            theirs.as_ref(),
+            &["--skip-from", "me@example.org", &t]
+        ),
         (0, String::new())
     );
     assert_eq!(relay.bodies(), [t]);
@@ -80,32 +68,29 @@ fn only_chat_messages_with_real_mail() {
     ];
     for name in ordinary {
         let sb = Sandbox::new();
-        let out = sb
-            .cmd()
-            .args(["--url", &relay.url, "--only-chat", "-v", &token(2)])
-            .pipe_stdin(common::data(&format!("corpus/{name}")))
-            .unwrap()
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(0), "{name}");
+        let got = sb.deliver_file(
+            &relay,
+            &format!("corpus/{name}"),
+            &["--only-chat", "-v", &token(2)],
+        );
         assert_eq!(
-            String::from_utf8(out.stderr).unwrap(),
-            "deltapush-mda: skipped: not a chat message\n",
+            got,
+            (
+                0,
+                "deltapush-mda: skipped: not a chat message\n".to_string()
+            ),
             "{name}"
         );
     }
     assert!(relay.bodies().is_empty());
     for (i, name) in chats.iter().enumerate() {
         let sb = Sandbox::new();
-        let out = sb
-            .cmd()
-            .args(["--url", &relay.url, "--only-chat", &token(10 + i as u32)])
-            .pipe_stdin(common::data(&format!("corpus/{name}")))
-            .unwrap()
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(0), "{name}");
-        assert_eq!(out.stderr, b"", "{name}");
+        let got = sb.deliver_file(
+            &relay,
+            &format!("corpus/{name}"),
+            &["--only-chat", &token(10 + i as u32)],
+        );
+        assert_eq!(got, (0, String::new()), "{name}");
     }
     assert_eq!(relay.bodies().len(), chats.len());
 }
@@ -130,10 +115,9 @@ fn old_mail_does_not_ring() {
 
     let sb = Sandbox::new();
     assert_eq!(
-        deliver(
-            &sb,
+        sb.deliver(
             &relay,
-            &msg(&old),
+            msg(&old).as_ref(),
             &["-v", "--max-age", "1h", &token(20)]
         ),
         skipped(&format!("older than 1h (Date {old})"))
@@ -148,7 +132,11 @@ fn old_mail_does_not_ring() {
     for (i, m) in cases.iter().enumerate() {
         let sb = Sandbox::new();
         assert_eq!(
-            deliver(&sb, &relay, m, &["--max-age", "1h", &token(21 + i as u32)]),
+            sb.deliver(
+                &relay,
+                m.as_ref(),
+                &["--max-age", "1h", &token(21 + i as u32)]
+            ),
             (0, String::new()),
             "{m}"
         );
@@ -220,7 +208,7 @@ fn check_with_the_relay_up_sends_no_notification() {
 
     // After a notification, --check tells when.
     relay.set_default(Reply::Status(200));
-    assert_eq!(deliver(&sb, &relay, "", &[&t]), (0, String::new()));
+    assert_eq!(sb.deliver(&relay, "".as_ref(), &[&t]), (0, String::new()));
     let (code, lines, _) = check(&sb, &relay.url, &[&t], &[]);
     assert_eq!(code, 0);
     assert!(
@@ -276,7 +264,12 @@ fn check_finds_bad_and_duplicate_tokens_and_insecure_url() {
         "FAIL  --url http://example.org/notify: plain http is only allowed to a loopback host; use https://"
     );
     // Every check still ran, and none of them posted a token.
-    assert!(relay.requests().iter().all(|r| r.method == "GET" && r.body.is_empty()));
+    assert!(
+        relay
+            .requests()
+            .iter()
+            .all(|r| r.method == "GET" && r.body.is_empty())
+    );
 }
 
 #[test]
@@ -343,13 +336,13 @@ fn decision_lines_name_the_rule() {
     let msg = "From: a@b\nChat-Version: 1.0\n\nhi\n";
     let args = ["-v", "--only-chat", "--skip-from", "me@x", t.as_str()];
     assert_eq!(
-        deliver(&sb, &relay, msg, &args),
+        sb.deliver(&relay, msg.as_ref(), &args),
         (
             0,
             format!("deltapush-mda: token {}: notified: 200\n", shown(&t))
         )
     );
-    let (code, err) = deliver(&sb, &relay, msg, &args);
+    let (code, err) = sb.deliver(&relay, msg.as_ref(), &args);
     assert_eq!(code, 0);
     assert!(
         err.starts_with(&format!(

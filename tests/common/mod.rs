@@ -219,6 +219,39 @@ impl Sandbox {
         c
     }
 
+    /// Runs the binary once against `relay` with `input` on stdin: (exit code, stderr).
+    pub fn deliver(&self, relay: &Relay, input: &[u8], args: &[&str]) -> (i32, String) {
+        let out = self
+            .cmd()
+            .arg("--url")
+            .arg(&relay.url)
+            .args(args)
+            .write_stdin(input)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+
+    /// The same with a file of `tests/data/` as stdin, the way getmail hands over a message.
+    pub fn deliver_file(&self, relay: &Relay, name: &str, args: &[&str]) -> (i32, String) {
+        let out = self
+            .cmd()
+            .arg("--url")
+            .arg(&relay.url)
+            .args(args)
+            .pipe_stdin(data(name))
+            .unwrap()
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+
     pub fn write(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
         let path = self.home.path().join(name);
         std::fs::write(&path, content).unwrap();
