@@ -72,3 +72,48 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_failures_fail_the_delivery_only_when_asked() {
+        let failures = vec!["token a…: x".to_string(), "token b…: y".to_string()];
+        let quiet = Error::NotNotified {
+            failures: failures.clone(),
+            tempfail: false,
+        };
+        let loud = Error::NotNotified {
+            failures,
+            tempfail: true,
+        };
+        assert_eq!((quiet.exit_code(), loud.exit_code()), (0, EX_TEMPFAIL));
+        assert_eq!(loud.to_string(), "token a…: x\ntoken b…: y");
+    }
+
+    #[test]
+    fn codes_by_kind() {
+        let io = || io::Error::from(io::ErrorKind::PermissionDenied);
+        assert_eq!(Error::Usage(String::new()).exit_code(), EX_USAGE);
+        assert_eq!(Error::Config(String::new()).exit_code(), EX_CONFIG);
+        let cache = Error::Cache {
+            path: "/c/x.lock".into(),
+            source: io(),
+        };
+        assert_eq!(cache.exit_code(), EX_CONFIG);
+        assert_eq!(
+            cache.to_string(),
+            "cache dir: /c/x.lock: permission denied; make it writable or point --cache-dir elsewhere"
+        );
+        assert_eq!(Error::Input(io()).exit_code(), EX_IOERR);
+        let check = Error::CheckFailed {
+            failed: 2,
+            code: 69,
+        };
+        assert_eq!(
+            (check.exit_code(), check.to_string()),
+            (69, "2 checks failed".into())
+        );
+    }
+}
