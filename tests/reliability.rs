@@ -222,7 +222,7 @@ struct Fault {
     heal: Box<dyn Fn() -> String>,
     /// The relay that records what the healthy run sends.
     healthy: Relay,
-    /// What the error line says after `token X: not notified: ` (or the whole line).
+    /// The whole error line of a failed run.
     line: String,
     /// How many times the broken relay sees the token, at least and at most, over both runs.
     seen: (usize, usize),
@@ -921,6 +921,8 @@ fn assert_message(name: &str, input: Input, want: Decision) -> u64 {
     };
     assert_eq!(relay.bodies(), want_bodies, "{name}: wrong decision");
     let rss = r.rss_kib.unwrap();
+    // Shown with --nocapture, for the figures in the README.
+    eprintln!("{name}: peak RSS {rss} KiB");
     assert_rss(name, rss);
     rss
 }
