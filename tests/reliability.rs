@@ -1661,7 +1661,9 @@ fn fuzz_findings_replay() {
             let data = fs::read(&path).unwrap();
             let whole = read_header(&mut &data[..]).unwrap();
             assert!(whole.len() <= HEADER_CAP);
-            for step in [1, 2, 3, 5, 7, 64, 4096] {
+            // Each read costs a 64 KiB buffer fill in a debug build: byte-sized reads are the
+            // fuzz target's job, a few sizes do here.
+            for step in [13, 64, 4096] {
                 let got = read_header(&mut Trickle(&data, step)).unwrap();
                 assert_eq!(got, whole, "{} in reads of {step}", path.display());
             }
