@@ -61,7 +61,11 @@ impl Dovecot {
             let me = mail_user.name();
             format!(
                 "default_internal_user = {me}\ndefault_login_user = {me}\n\
-                 service anvil {{\n  chroot =\n}}\n"
+                 service anvil {{\n  chroot =\n}}\n\
+                 service stats {{\n  unix_listener stats-writer {{\n    group =\n  }}\n}}\n\
+                 service imap-hibernate {{\n  unix_listener imap-hibernate {{\n    group =\n  }}\n}}\n\
+                 service dict {{\n  unix_listener dict {{\n    group =\n  }}\n}}\n\
+                 service dict-async {{\n  unix_listener dict-async {{\n    group =\n  }}\n}}\n"
             )
         };
         let login_chroot = if mail_user.is_root_switch() {
