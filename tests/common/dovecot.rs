@@ -170,13 +170,15 @@ impl Dovecot {
         })
     }
 
-    /// Waits until a client idles, panicking with the server log after `limit`.
-    pub fn wait_idle(&self, limit: Duration) {
+    /// Waits until a client idles, panicking with `client()` (what the client said) and the
+    /// server log after `limit`.
+    pub fn wait_idle(&self, limit: Duration, client: impl Fn() -> String) {
         let deadline = Instant::now() + limit;
         while !self.idling() {
             assert!(
                 Instant::now() < deadline,
-                "no IMAP client went into IDLE within {limit:?}; dovecot log:\n{}",
+                "no IMAP client went into IDLE within {limit:?}; {}\ndovecot log:\n{}",
+                client(),
                 self.log()
             );
             thread::sleep(Duration::from_millis(10));
