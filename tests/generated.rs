@@ -28,7 +28,10 @@ fn committed_man_page_and_completions_are_current() {
 #[test]
 fn stale_names_missing_and_changed_files_only() {
     let dir = tempfile::tempdir().unwrap();
-    let readme = format!("# x\n{}\n{}\n", xtask::TABLE_START, xtask::TABLE_END);
+    let readme: String = xtask::README_BLOCKS
+        .iter()
+        .map(|(_, start, end)| format!("{start}\n{end}\n"))
+        .collect();
     fs::write(dir.path().join("README.md"), readme).unwrap();
     let files = xtask::generate(dir.path());
     let all: Vec<_> = files.iter().map(|f| f.path).collect();
