@@ -120,10 +120,11 @@ fn man_page_renders_without_warnings() {
     assert!(!out.stdout.is_empty());
 }
 
-/// Runs the committed bash completion the way bash's programmable completion would.
+/// Runs the committed bash completion the way bash's programmable completion would. `compopt`
+/// only works inside a real completion, so it is a no-op here: COMPREPLY is what is checked.
 fn bash_complete(words: &[&str]) -> Vec<String> {
     let script = format!(
-        "source {}; COMP_WORDS=({}); COMP_CWORD={}; _deltapush__mda deltapush-mda \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        "source {}; compopt() {{ :; }}; COMP_WORDS=({}); COMP_CWORD={}; _deltapush__mda deltapush-mda \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
         root().join("completions/deltapush-mda.bash").display(),
         words
             .iter()
@@ -152,4 +153,16 @@ fn bash_completes_options() {
         ["--token-file", "--timeout", "--tempfail"]
     );
     assert_eq!(bash_complete(&["deltapush-mda", "--dr"]), ["--dry-run"]);
+}
+
+/// A duration is typed, not picked from the files in the current directory.
+#[test]
+fn bash_offers_no_file_names_for_durations() {
+    for option in ["--interval", "--timeout"] {
+        assert_eq!(
+            bash_complete(&["deltapush-mda", option, ""]),
+            [""],
+            "{option}"
+        );
+    }
 }
