@@ -11,6 +11,7 @@ const AFTER_HELP: &str = "\
 Exit status (sysexits.h):
   0   notified, skipped, rate-limited, or the relay failed (an error line says so)
   64  usage: no token, a malformed token, a bad option
+  69  --check could not reach the relay
   74  standard input could not be read
   75  a token could not be notified and --tempfail was given: the caller should retry
   78  configuration: cache dir not usable, insecure --url, unreadable --token-file
@@ -62,6 +63,30 @@ pub struct Cli {
     /// Exit 75 (EX_TEMPFAIL) when a token could not be notified, so the caller retries the mail
     #[arg(long)]
     pub tempfail: bool,
+
+    /// Skip mail from this address (your own, so mail from your other devices stays quiet);
+    /// repeatable or comma-separated
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "DELTAPUSH_SKIP_FROM",
+        value_delimiter = ','
+    )]
+    pub skip_from: Vec<String>,
+
+    /// Notify only for Delta Chat messages (those with a Chat-Version header)
+    #[arg(long)]
+    pub only_chat: bool,
+
+    /// Skip mail whose Date is older than this, e.g. 1h; a missing or bad Date counts as new.
+    /// Delta Chat shifts Date by a few minutes, so keep this above 10m
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_age: Option<Duration>,
+
+    /// Send nothing; check the tokens, the cache dir and the way to the relay, one line each,
+    /// and exit 0 only if all is well
+    #[arg(long, conflicts_with = "dry_run")]
+    pub check: bool,
 
     /// Print one line per decision on standard error
     #[arg(short, long, conflicts_with = "quiet")]
@@ -115,6 +140,13 @@ mod tests {
             "{line}"
         );
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn skip_from_list() {
+        let cli =
+            Cli::try_parse_from(["x", "--skip-from", "a@b,c@d", "--skip-from", "e@f"]).unwrap();
+        assert_eq!(cli.skip_from, ["a@b", "c@d", "e@f"]);
     }
 
     #[test]

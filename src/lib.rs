@@ -1,5 +1,6 @@
 //! deltapush-mda: wake Delta Chat on a phone when mail arrives in a mailbox without push.
 
+pub mod check;
 pub mod cli;
 pub mod error;
 pub mod message;
@@ -59,6 +60,9 @@ fn emit(text: &str) {
 
 /// Reads the message, decides, and notifies every token that is due.
 pub fn run(cli: &Cli, out: &Output) -> Result<()> {
+    if cli.check {
+        return check::run(cli);
+    }
     // Read (and drain) first: a pipe writer must see us consume the mail even if we fail below.
     let header = message::read_stdin().map_err(Error::Input)?;
     let started = Instant::now();
@@ -73,9 +77,13 @@ pub fn run(cli: &Cli, out: &Output) -> Result<()> {
     };
 
     if let Some(header) = &header {
-        let summary = message::summarize(header);
-        if let Some(value) = &summary.auto_submitted {
-            out.info(format_args!("skipped: auto-submitted ({value})"));
+        let rules = message::Rules {
+            skip_from: cli.skip_from.clone(),
+            only_chat: cli.only_chat,
+            max_age: cli.max_age,
+        };
+        if let Some(skip) = rules.skip(&message::summarize(header), unix_now()) {
+            out.info(format_args!("skipped: {skip}"));
             return Ok(());
         }
     }
@@ -155,5 +163,12 @@ fn dry_run(cache: &Cache, tokens: &[Token], cli: &Cli, out: &Output) {
                 cli.url
             )),
         }
+    }
+}
+
+fn unix_now() -> i64 {
+    match SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
     }
 }

@@ -1,9 +1,11 @@
 //! The message on standard input: a bounded read of the header block, a drain of the rest, and
 //! what the headers say about whether the phone should wake up.
 
+use std::fmt;
 use std::fs::File;
 use std::io::{self, ErrorKind, IsTerminal, Read};
 use std::os::fd::AsFd;
+use std::time::Duration;
 
 use mail_parser::{HeaderName, MessageParser};
 
@@ -125,6 +127,12 @@ fn read_some(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 pub struct Summary {
     /// The first `Auto-Submitted` value that is not `no`, lower-cased, e.g. `auto-replied`.
     pub auto_submitted: Option<String>,
+    /// The first address of `From`.
+    pub from: Option<String>,
+    /// Whether a `Chat-Version` header is present: Delta Chat sets it on every chat message.
+    pub chat: bool,
+    /// `Date` as Unix time, with the header's text; `None` when missing or unparseable.
+    pub date: Option<(i64, String)>,
 }
 
 /// Looks at the header block; garbage in gives a summary that says "not automatic".
@@ -133,20 +141,100 @@ pub fn summarize(header: &[u8]) -> Summary {
     let Some(message) = MessageParser::new().parse_headers(header) else {
         return summary;
     };
+    let raw = |h: &mail_parser::Header| {
+        header
+            .get(h.offset_start as usize..h.offset_end as usize)
+            .unwrap_or_default()
+    };
     for h in message.headers() {
-        if h.name == HeaderName::AutoSubmitted {
-            let raw = header
-                .get(h.offset_start as usize..h.offset_end as usize)
-                .unwrap_or_default();
-            let word = first_word(raw);
-            // An empty value says nothing; RFC 3834 treats a missing header as `no`.
-            if !word.is_empty() && !word.eq_ignore_ascii_case(b"no") {
-                summary.auto_submitted = Some(String::from_utf8_lossy(word).to_ascii_lowercase());
-                break;
+        match &h.name {
+            HeaderName::AutoSubmitted if summary.auto_submitted.is_none() => {
+                let word = first_word(raw(h));
+                // An empty value says nothing; RFC 3834 treats a missing header as `no`.
+                if !word.is_empty() && !word.eq_ignore_ascii_case(b"no") {
+                    summary.auto_submitted =
+                        Some(String::from_utf8_lossy(word).to_ascii_lowercase());
+                }
             }
+            HeaderName::Other(name) if name.eq_ignore_ascii_case("chat-version") => {
+                summary.chat = true;
+            }
+            _ => {}
         }
     }
+    summary.from = message
+        .from()
+        .and_then(|a| a.first())
+        .and_then(|a| a.address())
+        .map(str::to_string);
+    summary.date = message
+        .date()
+        .filter(|d| d.is_valid())
+        .zip(message.header_raw(HeaderName::Date))
+        .map(|(d, text)| (d.to_timestamp(), text.trim().to_string()));
     summary
+}
+
+/// Why a message does not wake the phone.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Skip {
+    AutoSubmitted(String),
+    FromSelf,
+    NotChat,
+    TooOld { max_age: Duration, date: String },
+}
+
+impl fmt::Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Skip::AutoSubmitted(value) => write!(f, "auto-submitted ({value})"),
+            Skip::FromSelf => f.write_str("from self"),
+            Skip::NotChat => f.write_str("not a chat message"),
+            Skip::TooOld { max_age, date } => write!(
+                f,
+                "older than {} (Date {date})",
+                humantime::format_duration(*max_age)
+            ),
+        }
+    }
+}
+
+/// The user's rules on top of RFC 3834.
+#[derive(Debug, Default)]
+pub struct Rules {
+    /// Addresses whose mail does not notify, compared without case.
+    pub skip_from: Vec<String>,
+    pub only_chat: bool,
+    pub max_age: Option<Duration>,
+}
+
+impl Rules {
+    /// The first rule that says to skip, if any; `now` is Unix time.
+    pub fn skip(&self, summary: &Summary, now: i64) -> Option<Skip> {
+        if let Some(value) = &summary.auto_submitted {
+            return Some(Skip::AutoSubmitted(value.clone()));
+        }
+        if let Some(from) = &summary.from
+            && self
+                .skip_from
+                .iter()
+                .any(|a| a.trim().eq_ignore_ascii_case(from))
+        {
+            return Some(Skip::FromSelf);
+        }
+        if self.only_chat && !summary.chat {
+            return Some(Skip::NotChat);
+        }
+        if let (Some(max_age), Some((date, text))) = (self.max_age, &summary.date)
+            && now.saturating_sub(*date) > i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX)
+        {
+            return Some(Skip::TooOld {
+                max_age,
+                date: text.clone(),
+            });
+        }
+        None
+    }
 }
 
 /// The first token of a structured header value: folding white space and (nested) comments
@@ -297,6 +385,63 @@ mod tests {
         msg.extend_from_slice(b"\nAuto-Submitted: auto-replied\n\n");
         let header = header_of(&msg);
         assert_eq!(summarize(&header).auto_submitted, None);
+    }
+
+    #[test]
+    fn from_chat_and_date() {
+        let s = summarize(
+            b"From: \"Alice\" <Alice@Example.org>\nChat-Version: 1.0\n\
+              Date: Wed, 25 Nov 2026 10:00:00 +0100\n\n",
+        );
+        assert_eq!(s.from.as_deref(), Some("Alice@Example.org"));
+        assert!(s.chat);
+        assert_eq!(
+            s.date,
+            Some((1795597200, "Wed, 25 Nov 2026 10:00:00 +0100".to_string()))
+        );
+        let s = summarize(b"Date: the day after tomorrow\nX-Chat-Version: 1\n\n");
+        assert_eq!((s.from, s.chat, s.date), (None, false, None));
+    }
+
+    #[test]
+    fn rules_in_order() {
+        let now = 1795597200;
+        let summary = |h: &str| summarize(h.as_bytes());
+        let rules = Rules {
+            skip_from: vec!["me@example.org".into()],
+            only_chat: true,
+            max_age: Some(Duration::from_secs(3600)),
+        };
+        let old = "Date: Wed, 25 Nov 2026 07:59:59 +0000";
+        let fresh = "Date: Wed, 25 Nov 2026 08:30:00 +0000";
+        let check = |h: String| rules.skip(&summary(&h), now).map(|s| s.to_string());
+        assert_eq!(
+            check(format!(
+                "From: ME@example.org\nAuto-Submitted: auto-replied\n{old}\n\n"
+            )),
+            Some("auto-submitted (auto-replied)".into())
+        );
+        assert_eq!(
+            check("From: <me@EXAMPLE.org>\nChat-Version: 1.0\n\n".into()),
+            Some("from self".into())
+        );
+        assert_eq!(
+            check(format!("From: a@b\n{fresh}\n\n")),
+            Some("not a chat message".into())
+        );
+        assert_eq!(
+            check(format!("From: a@b\nChat-Version: 1.0\n{old}\n\n")),
+            Some(format!("older than 1h (Date {})", &old[6..]))
+        );
+        assert_eq!(
+            check(format!("From: a@b\nChat-Version: 1.0\n{fresh}\n\n")),
+            None
+        );
+        assert_eq!(
+            check("From: a@b\nChat-Version: 1.0\nDate: garbage\n\n".into()),
+            None
+        );
+        assert_eq!(Rules::default().skip(&summary("From: a@b\n\n"), now), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The HTTP side: one POST per token to the notification relay, retried within a time budget.
 
+use std::io;
 use std::net::IpAddr;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -145,12 +146,39 @@ fn new_agent() -> Agent {
         .into()
 }
 
+/// A GET of the notify URL, for `--check`: the status, whatever it is.
+pub fn probe(url: &str, timeout: Duration) -> Result<u16, ureq::Error> {
+    let response = new_agent()
+        .get(url)
+        .config()
+        .timeout_global(Some(timeout))
+        .build()
+        .call()?;
+    Ok(response.status().as_u16())
+}
+
+/// Whether the error happened while setting up TLS (certificate, handshake).
+pub fn is_tls_error(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::Pem(_) => true,
+        // rustls reports handshake and certificate failures through the stream as InvalidData.
+        ureq::Error::Io(io) => io.kind() == io::ErrorKind::InvalidData,
+        _ => false,
+    }
+}
+
 /// One line, no token: ureq's errors name the host, never the body.
-fn describe(e: &ureq::Error) -> String {
+pub fn describe(e: &ureq::Error) -> String {
     match e {
         ureq::Error::Timeout(_) => "the relay did not answer in time".to_string(),
         ureq::Error::HostNotFound => "relay host not found (DNS)".to_string(),
         ureq::Error::ConnectionFailed => "could not connect to the relay".to_string(),
+        ureq::Error::Io(io) => match io.kind() {
+            io::ErrorKind::ConnectionRefused => "the relay refused the connection".to_string(),
+            io::ErrorKind::TimedOut => "the relay did not answer in time".to_string(),
+            io::ErrorKind::InvalidData => format!("TLS: {io}"),
+            _ => format!("network error: {io}"),
+        },
         other => other.to_string().replace('\n', " "),
     }
 }

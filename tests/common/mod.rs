@@ -201,12 +201,12 @@ impl Sandbox {
     /// The binary with HOME and XDG_CACHE_HOME in the sandbox and nothing inherited that
     /// could change its behaviour.
     pub fn cmd(&self) -> assert_cmd::Command {
-        assert_cmd::Command::new(bin())
-            .env_clear()
+        let mut c = assert_cmd::Command::new(bin());
+        c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.home.path())
-            .env("XDG_CACHE_HOME", self.home.path().join("cache"))
-            .to_owned()
+            .env("XDG_CACHE_HOME", self.home.path().join("cache"));
+        c
     }
 
     /// The same as a plain `std::process::Command`, for spawning many at once.
@@ -217,6 +217,39 @@ impl Sandbox {
             .env("HOME", self.home.path())
             .env("XDG_CACHE_HOME", self.home.path().join("cache"));
         c
+    }
+
+    /// Runs the binary once against `relay` with `input` on stdin: (exit code, stderr).
+    pub fn deliver(&self, relay: &Relay, input: &[u8], args: &[&str]) -> (i32, String) {
+        let out = self
+            .cmd()
+            .arg("--url")
+            .arg(&relay.url)
+            .args(args)
+            .write_stdin(input)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+
+    /// The same with a file of `tests/data/` as stdin, the way getmail hands over a message.
+    pub fn deliver_file(&self, relay: &Relay, name: &str, args: &[&str]) -> (i32, String) {
+        let out = self
+            .cmd()
+            .arg("--url")
+            .arg(&relay.url)
+            .args(args)
+            .pipe_stdin(data(name))
+            .unwrap()
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
     }
 
     pub fn write(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
@@ -255,7 +288,9 @@ pub const PLAIN: &str = "From: alice@example.org\nTo: bob@example.net\nSubject: 
 Message-ID: <1@example.org>\n\nHello Bob\n";
 
 pub fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
 }
 
 /// Shows the first 8 characters of a token, as the binary does.
