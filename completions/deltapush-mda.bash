@@ -23,7 +23,7 @@ _deltapush__mda() {
 
     case "${cmd}" in
         deltapush__mda)
-            opts="-v -q -h -V --token-file --url --interval --timeout --cache-dir --dry-run --tempfail --verbose --quiet --help --version"
+            opts="-v -q -h -V --token-file --url --interval --timeout --cache-dir --dry-run --tempfail --skip-from --only-chat --max-age --check --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -66,6 +66,17 @@ _deltapush__mda() {
                     COMPREPLY=()
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o plusdirs
+                    fi
+                    return 0
+                    ;;
+                --skip-from)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-age)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
                     fi
                     return 0
                     ;;

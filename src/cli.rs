@@ -70,7 +70,8 @@ pub struct Cli {
         long,
         value_name = "ADDR",
         env = "DELTAPUSH_SKIP_FROM",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_hint = ValueHint::EmailAddress
     )]
     pub skip_from: Vec<String>,
 
@@ -80,7 +81,7 @@ pub struct Cli {
 
     /// Skip mail whose Date is older than this, e.g. 1h; a missing or bad Date counts as new.
     /// Delta Chat shifts Date by a few minutes, so keep this above 10m
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, value_hint = ValueHint::Other)]
     pub max_age: Option<Duration>,
 
     /// Send nothing; check the tokens, the cache dir and the way to the relay, one line each,

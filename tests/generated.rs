@@ -7,7 +7,7 @@ use std::process::Command;
 
 use clap::CommandFactory;
 use deltapush_mda::cli::Cli;
-use deltapush_mda::error::{EX_CONFIG, EX_IOERR, EX_TEMPFAIL, EX_USAGE};
+use deltapush_mda::error::{EX_CONFIG, EX_IOERR, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -96,7 +96,14 @@ fn man_page_lists_every_exit_code() {
         .nth(1)
         .and_then(|rest| rest.split(".SH").next())
         .expect("an EXIT STATUS section");
-    for code in [0, EX_USAGE, EX_IOERR, EX_TEMPFAIL, EX_CONFIG] {
+    for code in [
+        0,
+        EX_USAGE,
+        EX_UNAVAILABLE,
+        EX_IOERR,
+        EX_TEMPFAIL,
+        EX_CONFIG,
+    ] {
         assert!(
             section.contains(&format!(".TP\n\\fB{code}\\fR")),
             "exit code {code} is missing from the \"Exit status\" table of --help (src/cli.rs)"
@@ -158,7 +165,7 @@ fn bash_completes_options() {
 /// A duration is typed, not picked from the files in the current directory.
 #[test]
 fn bash_offers_no_file_names_for_durations() {
-    for option in ["--interval", "--timeout"] {
+    for option in ["--interval", "--timeout", "--max-age"] {
         assert_eq!(
             bash_complete(&["deltapush-mda", option, ""]),
             [""],
