@@ -397,6 +397,11 @@ const EXAMPLES: &[(&str, &[&str])] = &[
         &["deltapush-mda --dry-run -v TOKEN < /usr/share/doc/deltapush-mda/examples/message.eml"],
     ),
     (
+        "Find out why the phone does not ring: check the tokens, the cache directory and the way to \
+         the relay (DNS, TCP, TLS, HTTP), one line each, without notifying anyone:",
+        &["deltapush-mda --check --token-file ~/.config/deltapush-mda/tokens"],
+    ),
+    (
         "Keep the tokens out of ps(1): create a file only you can read, then put one token per line in it.",
         &["install -D -m 600 /dev/null ~/.config/deltapush-mda/tokens"],
     ),
