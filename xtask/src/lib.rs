@@ -387,7 +387,7 @@ const FILES: &[(&str, &str)] = &[
     ),
     (
         "/usr/share/doc/deltapush-mda/examples/",
-        "A getmail rc file, the unit and a sample message (from the Debian package).",
+        "Ready-made files for getmail (rc file and systemd unit), fetchmail, procmail and maildrop, and a sample message (from the Debian package).",
     ),
 ];
 
