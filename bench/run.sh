@@ -154,6 +154,10 @@ for b in "${bins[@]}"; do
   check_no_tls plain.eml "$b" "${args_limited[@]}"
   check plain.eml "" "$b" "${args_five[@]}"
   expect_posts 5 "five tokens"
+  # A host name, not an address: getaddrinfo and NSS (/etc/hosts) work in this build too.
+  check plain.eml "" "$b" --url "http://localhost:$port/notify" --token-file one \
+    --cache-dir cache-notify --interval 0
+  expect_posts 1 "notify through a host name"
   rm -f cache-limited/*
 done
 check plain.eml "" "$bin" "${args_limited[@]}"
