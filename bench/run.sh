@@ -62,7 +62,10 @@ for tool in python3 curl cc strace /usr/bin/time; do
 done
 
 cargo build --release --locked --quiet
-bin=$root/target/release/deltapush-mda
+# Wherever CARGO_TARGET_DIR or a cargo config puts it.
+target=$(cargo metadata --format-version 1 --no-deps --locked |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+bin=$target/release/deltapush-mda
 # The builds the shipped one was chosen over, timed side by side in full runs: name, RUSTFLAGS.
 alt_names=("static glibc, static-pie (+crt-static)"
   "static glibc, not PIE (+crt-static, relocation-model=static)")
@@ -74,8 +77,8 @@ if ! $quick; then
   for i in "${!alt_names[@]}"; do
     # --target keeps RUSTFLAGS off the host build: a proc-macro cannot be linked statically.
     RUSTFLAGS=${alt_flags[i]} cargo build --release --locked --quiet \
-      --target "$host" --target-dir "target/bench-alt$i"
-    alt_bins+=("$root/target/bench-alt$i/$host/release/deltapush-mda")
+      --target "$host" --target-dir "$target/bench-alt$i"
+    alt_bins+=("$target/bench-alt$i/$host/release/deltapush-mda")
   done
 fi
 
