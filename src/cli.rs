@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueHint};
 
 pub const DEFAULT_URL: &str = "https://notifications.delta.chat/notify";
 
@@ -30,28 +30,30 @@ getmail destination (~/.config/getmail/getmailrc):
 #[command(name = "deltapush-mda", version, after_help = AFTER_HELP)]
 pub struct Cli {
     /// Notify tokens, as shown by Delta Chat (Settings → Advanced → notify token)
-    #[arg(value_name = "TOKEN")]
+    #[arg(value_name = "TOKEN", value_hint = ValueHint::Other)]
     pub tokens: Vec<String>,
 
     /// Read tokens from this file, one per line; blank lines and # comments are ignored
-    #[arg(long, value_name = "PATH", env = "DELTAPUSH_TOKEN_FILE")]
+    #[arg(long, value_name = "PATH", env = "DELTAPUSH_TOKEN_FILE", value_hint = ValueHint::FilePath)]
     pub token_file: Option<PathBuf>,
 
     /// Notification relay; plain http:// only to a loopback host
-    #[arg(long, value_name = "URL", env = "DELTAPUSH_URL", default_value = DEFAULT_URL)]
+    #[arg(long, value_name = "URL", env = "DELTAPUSH_URL", default_value = DEFAULT_URL,
+          value_hint = ValueHint::Url)]
     pub url: String,
 
     /// Notify each token at most once per this interval, e.g. 10s or "1m 30s"; 0 turns the limit off
     #[arg(long, value_name = "DURATION", env = "DELTAPUSH_INTERVAL", default_value = "10s",
-          value_parser = parse_duration)]
+          value_parser = parse_duration, value_hint = ValueHint::Other)]
     pub interval: Duration,
 
     /// Network budget for the whole run: all tokens and all retries
-    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration,
+          value_hint = ValueHint::Other)]
     pub timeout: Duration,
 
     /// Where the per-token stamps live [default: $XDG_CACHE_HOME/deltapush-mda or ~/.cache/deltapush-mda]
-    #[arg(long, value_name = "DIR", env = "DELTAPUSH_CACHE_DIR")]
+    #[arg(long, value_name = "DIR", env = "DELTAPUSH_CACHE_DIR", value_hint = ValueHint::DirPath)]
     pub cache_dir: Option<PathBuf>,
 
     /// Decide and report what would be done, one line per token; send nothing, write nothing
@@ -68,7 +70,8 @@ pub struct Cli {
         long,
         value_name = "ADDR",
         env = "DELTAPUSH_SKIP_FROM",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_hint = ValueHint::EmailAddress
     )]
     pub skip_from: Vec<String>,
 
@@ -78,7 +81,7 @@ pub struct Cli {
 
     /// Skip mail whose Date is older than this, e.g. 1h; a missing or bad Date counts as new.
     /// Delta Chat shifts Date by a few minutes, so keep this above 10m
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, value_hint = ValueHint::Other)]
     pub max_age: Option<Duration>,
 
     /// Send nothing; check the tokens, the cache dir and the way to the relay, one line each,

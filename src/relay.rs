@@ -99,6 +99,9 @@ impl Relay {
                 Ok(410) => return Err(Failure::Gone),
                 Ok(status @ 500..=599) => format!("the relay answered HTTP {status}"),
                 Ok(status) => return Err(Failure::Refused(status)),
+                // A certificate will not become trusted within the budget: retrying only held
+                // the caller for all of --timeout and let a final timeout hide the real cause.
+                Err(e) if is_tls_error(&e) => return Err(Failure::Unavailable(describe(&e))),
                 Err(e) => describe(&e),
             };
             let left = self.deadline.saturating_duration_since(Instant::now());

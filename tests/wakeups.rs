@@ -1,8 +1,9 @@
 //! Smarter wakeups and self-diagnosis (issue 5): --skip-from, --only-chat, --max-age, --check.
 
 mod common;
-#[path = "common/https.rs"]
-mod https;
+#[allow(dead_code)]
+#[path = "common/realmail.rs"]
+mod realmail;
 
 use std::time::{Duration, SystemTime};
 
@@ -275,11 +276,12 @@ fn check_finds_bad_and_duplicate_tokens_and_insecure_url() {
 #[test]
 fn check_over_https_trusts_only_the_configured_ca() {
     let relay = Relay::scripted(Reply::Status(405), []);
-    let pki = https::Pki::new();
-    let front = https::TlsFront::start(&pki, relay.port);
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = realmail::Ca::new(tmp.path());
+    let front = realmail::TlsFront::start(&ca, relay.port, tmp.path());
     let sb = Sandbox::new();
-    let url = front.url();
-    let ca = pki.ca();
+    let url = front.url.clone();
+    let ca = ca.cert.clone();
 
     let (code, lines, err) = check(&sb, &url, &["tok"], &[("SSL_CERT_FILE", &ca)]);
     assert_eq!((code, err.as_str()), (0, ""), "{lines:#?}");
@@ -312,14 +314,15 @@ fn check_over_https_trusts_only_the_configured_ca() {
 #[test]
 fn https_notification_with_a_local_ca() {
     let relay = Relay::start();
-    let pki = https::Pki::new();
-    let front = https::TlsFront::start(&pki, relay.port);
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = realmail::Ca::new(tmp.path());
+    let front = realmail::TlsFront::start(&ca, relay.port, tmp.path());
     let sb = Sandbox::new();
     let t = token(32);
     let out = sb
         .cmd()
-        .env("SSL_CERT_FILE", pki.ca())
-        .args(["--url", &front.url(), &t])
+        .env("SSL_CERT_FILE", &ca.cert)
+        .args(["--url", &front.url, &t])
         .write_stdin(common::PLAIN)
         .output()
         .unwrap();
