@@ -119,7 +119,7 @@ fn check_cache(cli: &Cli, tokens: &[Token], r: &mut Report) {
         Err(e) => {
             return r.fail(
                 EX_CONFIG,
-                &format!("cache dir {shown}: {e}; make it writable or give --cache-dir"),
+                &format!("cache dir {shown}: {e}; fix it or give another with --cache-dir"),
             );
         }
     }

@@ -57,7 +57,7 @@ impl fmt::Display for Error {
             Error::Usage(msg) | Error::Config(msg) => f.write_str(msg),
             Error::Cache { path, source } => write!(
                 f,
-                "cache dir: {}: {}; make it writable or point --cache-dir elsewhere",
+                "cache dir {}: {}; fix it or give another with --cache-dir",
                 path.display(),
                 source
             ),
@@ -104,7 +104,7 @@ mod tests {
         assert_eq!(cache.exit_code(), EX_CONFIG);
         assert_eq!(
             cache.to_string(),
-            "cache dir: /c/x.lock: permission denied; make it writable or point --cache-dir elsewhere"
+            "cache dir /c/x.lock: permission denied; fix it or give another with --cache-dir"
         );
         assert_eq!(Error::Input(io()).exit_code(), EX_IOERR);
         let check = Error::CheckFailed {

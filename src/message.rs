@@ -43,48 +43,54 @@ pub fn read_stdin() -> io::Result<Option<Vec<u8>>> {
 /// Reads up to and including the first empty line (LF or CRLF), at most [`HEADER_CAP`] bytes,
 /// dropping a leading mbox `From ` line. What follows the header block may have been consumed.
 pub fn read_header(input: &mut impl Read) -> io::Result<Vec<u8>> {
-    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
+    // `buf[..filled]` holds the bytes; the rest is zeroed space kept for the next reads, so a
+    // writer handing over one byte at a time does not cost a zero-fill per byte.
+    let mut buf: Vec<u8> = Vec::new();
+    let mut filled = 0;
     // Some(true) while inside a `From ` line being skipped; None until the first bytes are seen.
     let mut in_from_line: Option<bool> = None;
     let mut scanned = 0;
     loop {
         // Grows with what has come: 16 KiB, 16 KiB, 32 KiB, then 64 KiB per read.
-        let want = buf.len().clamp(FIRST_READ, CHUNK);
-        let want = want.min(HEADER_CAP - buf.len());
+        let want = filled.clamp(FIRST_READ, CHUNK).min(HEADER_CAP - filled);
         if want == 0 {
-            return Ok(buf);
+            break;
         }
-        let start = buf.len();
-        buf.resize(start + want, 0);
-        let n = read_some(input, &mut buf[start..])?;
-        buf.truncate(start + n);
+        if buf.len() < filled + want {
+            buf.resize(filled + want, 0);
+        }
+        let n = read_some(input, &mut buf[filled..filled + want])?;
+        filled += n;
         let eof = n == 0;
 
         if in_from_line.is_none() {
-            if buf.len() < 5 && !eof && b"From ".starts_with(&buf) {
+            if filled < 5 && !eof && b"From ".starts_with(&buf[..filled]) {
                 continue;
             }
-            in_from_line = Some(buf.starts_with(b"From "));
+            in_from_line = Some(buf[..filled].starts_with(b"From "));
         }
         if in_from_line == Some(true) {
-            match buf.iter().position(|&b| b == b'\n') {
+            match buf[..filled].iter().position(|&b| b == b'\n') {
                 Some(nl) => {
-                    buf.drain(..=nl);
+                    buf.copy_within(nl + 1..filled, 0);
+                    filled -= nl + 1;
                     in_from_line = Some(false);
                 }
-                None => buf.clear(),
+                None => filled = 0,
             }
         }
-        if let Some(end) = header_end(&buf, scanned) {
-            buf.truncate(end);
-            return Ok(buf);
+        if let Some(end) = header_end(&buf[..filled], scanned) {
+            filled = end;
+            break;
         }
         // The blank line may straddle two reads: rescan the last two bytes.
-        scanned = buf.len().saturating_sub(2);
+        scanned = filled.saturating_sub(2);
         if eof {
-            return Ok(buf);
+            break;
         }
     }
+    buf.truncate(filled);
+    Ok(buf)
 }
 
 /// The length of the header block including its terminating empty line, if `buf` holds it all.

@@ -14,6 +14,8 @@ use crate::token::Token;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The least time worth giving one more attempt.
+const MIN_ATTEMPT: Duration = Duration::from_millis(500);
 /// The relay answers with a few bytes; anything longer is not worth reading.
 const MAX_ANSWER: u64 = 64 * 1024;
 
@@ -104,8 +106,9 @@ impl Relay {
                 Err(e) if is_tls_error(&e) => return Err(Failure::Unavailable(describe(&e))),
                 Err(e) => describe(&e),
             };
+            // A retry with almost no time left would only time out and hide the real cause.
             let left = self.deadline.saturating_duration_since(Instant::now());
-            if left <= backoff {
+            if left <= backoff + MIN_ATTEMPT {
                 return Err(Failure::Unavailable(detail));
             }
             thread::sleep(backoff);

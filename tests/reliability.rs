@@ -1522,7 +1522,7 @@ fn read_only_cache_dir() {
     assert_eq!(
         r.stderr,
         line(&format!(
-            "cache dir: {}: {err}; make it writable or point --cache-dir elsewhere",
+            "cache dir {}: {err}; fix it or give another with --cache-dir",
             lock.display()
         ))
     );
@@ -1607,8 +1607,8 @@ fn full_disk() {
     assert_eq!(
         r.stderr,
         line(&format!(
-            "cache dir: {}: No space left on device (os error 28); \
-             make it writable or point --cache-dir elsewhere",
+            "cache dir {}: No space left on device (os error 28); \
+             fix it or give another with --cache-dir",
             lock.display()
         ))
     );
