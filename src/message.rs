@@ -291,7 +291,7 @@ impl Rules {
 
 /// The first token of a structured header value: folding white space and (nested) comments
 /// skipped, ending at white space, `;` or a comment.
-fn first_word(value: &[u8]) -> &[u8] {
+pub fn first_word(value: &[u8]) -> &[u8] {
     let mut i = 0;
     let mut depth = 0usize;
     while i < value.len() {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use deltapush_mda::message::{HEADER_CAP, Rules, Summary, read_header, summarize};
+use deltapush_mda::message::{HEADER_CAP, Rules, Summary, first_word, read_header, summarize};
 use libfuzzer_sys::fuzz_target;
 use mail_parser::{HeaderName, MessageParser};
 
@@ -98,27 +98,4 @@ fn oracle(header: &[u8]) -> Summary {
         .zip(message.header_raw(HeaderName::Date))
         .map(|(d, text)| (d.to_timestamp(), text.trim().to_string()));
     summary
-}
-
-/// A copy of the private `message::first_word`, for the oracle.
-fn first_word(value: &[u8]) -> &[u8] {
-    let mut i = 0;
-    let mut depth = 0usize;
-    while i < value.len() {
-        match value[i] {
-            b'\\' if depth > 0 => i += 1,
-            b'(' => depth += 1,
-            b')' if depth > 0 => depth -= 1,
-            b' ' | b'\t' | b'\r' | b'\n' => {}
-            _ if depth > 0 => {}
-            _ => break,
-        }
-        i += 1;
-    }
-    let start = i.min(value.len());
-    let len = value[start..]
-        .iter()
-        .position(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b';' | b'('))
-        .unwrap_or(value.len() - start);
-    &value[start..start + len]
 }
