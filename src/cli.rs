@@ -1,4 +1,5 @@
-//! The command line. Doc comments here are the `--help` text.
+//! The command line as clap sees it. Doc comments here are the `--help` text; `config` resolves
+//! what is parsed here into the one configuration every mode starts from.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,29 +8,51 @@ use clap::{Parser, ValueHint};
 
 pub const DEFAULT_URL: &str = "https://notifications.delta.chat/notify";
 
-const AFTER_HELP: &str = "\
-Exit status (sysexits.h):
-  0   notified, skipped, rate-limited, or the relay failed (an error line says so)
-  64  usage: no token, a malformed token, a bad option
-  69  --check could not reach the relay
-  74  standard input could not be read
-  75  a token could not be notified and --tempfail was given: the caller should retry
-  78  configuration: cache dir not usable, insecure --url, unreadable --token-file
+/// Where each platform's app shows its token: (platform, the log line, what else it may say).
+/// In Delta Chat: Settings → Advanced → View Log, near the top.
+pub const TOKEN_PLACES: &[(&str, &str, &str)] = &[
+    (
+        "Android",
+        "push-token=fcm-chat.delta:…",
+        "push-token=<empty> without Google Play services: no push on that phone",
+    ),
+    (
+        "iOS",
+        "notify-token=<64 hex digits>",
+        "notify-token=<unset> when notifications are off",
+    ),
+    ("Desktop", "", "has no push token"),
+];
 
-getmail destination (~/.config/getmail/getmailrc):
-  [destination]
-  type = MDA_external
-  path = /usr/bin/deltapush-mda
-  arguments = (\"--token-file\", \"/home/me/.config/deltapush-mda/tokens\")";
+/// The `--help` epilogue: where the token is, the exit statuses, a getmail destination.
+pub fn after_help() -> String {
+    let mut text =
+        String::from("Where the token is: in Delta Chat, Settings → Advanced → View Log, near the top:\n");
+    for (platform, line, note) in TOKEN_PLACES {
+        match line.is_empty() {
+            true => text.push_str(&format!("  {platform:<8} {note}\n")),
+            false => text.push_str(&format!("  {platform:<8} {line}  ({note})\n")),
+        }
+    }
+    text.push_str("A whole line copied from the log works as TOKEN and in --token-file.\n\n");
+    text.push_str(&crate::exit::help_table());
+    text.push_str(
+        "\ngetmail destination (~/.config/getmail/getmailrc):\n  [destination]\n  \
+         type = MDA_external\n  path = /usr/bin/deltapush-mda\n  \
+         arguments = (\"--token-file\", \"/home/me/.config/deltapush-mda/tokens\")",
+    );
+    text
+}
 
 /// Wake Delta Chat on your phone when mail arrives: reads one message on standard input
 /// (none when standard input is a terminal) and posts each notify token to the Delta Chat
-/// notification relay, unless the message is automatic (Auto-Submitted) or the token was
-/// notified less than --interval ago. Silent on success.
+/// notification relay, unless the message is automatic (Auto-Submitted). A token is posted at
+/// most once per --interval; a message inside the interval gets one shared wakeup at its end.
+/// Silent on success.
 #[derive(Debug, Parser)]
-#[command(name = "deltapush-mda", version, after_help = AFTER_HELP)]
+#[command(name = "deltapush-mda", version, after_help = after_help())]
 pub struct Cli {
-    /// Notify tokens, as shown by Delta Chat (Settings → Advanced → notify token)
+    /// Notify tokens, or push-token=… / notify-token=… lines copied from Delta Chat's log
     #[arg(value_name = "TOKEN", value_hint = ValueHint::Other)]
     pub tokens: Vec<String>,
 
@@ -42,19 +65,24 @@ pub struct Cli {
           value_hint = ValueHint::Url)]
     pub url: String,
 
-    /// Notify each token at most once per this interval, e.g. 10s or "1m 30s"; 0 turns the limit off
+    /// Post each token at most once per this interval, e.g. 10s or "1m 30s"; 0 turns the limit off
     #[arg(long, value_name = "DURATION", env = "DELTAPUSH_INTERVAL", default_value = "10s",
           value_parser = parse_duration, value_hint = ValueHint::Other)]
     pub interval: Duration,
 
     /// Network budget for the whole run: all tokens and all retries
-    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration,
-          value_hint = ValueHint::Other)]
+    #[arg(long, value_name = "DURATION", env = "DELTAPUSH_TIMEOUT", default_value = "15s",
+          value_parser = parse_duration, value_hint = ValueHint::Other)]
     pub timeout: Duration,
 
-    /// Where the per-token stamps live [default: $XDG_CACHE_HOME/deltapush-mda or ~/.cache/deltapush-mda]
+    /// Where the per-token state lives [default: $XDG_CACHE_HOME/deltapush-mda or ~/.cache/deltapush-mda]
     #[arg(long, value_name = "DIR", env = "DELTAPUSH_CACHE_DIR", value_hint = ValueHint::DirPath)]
     pub cache_dir: Option<PathBuf>,
+
+    /// Remember every token given, and notify all remembered tokens of this cache dir each time;
+    /// a token is forgotten after 90 days without being given, or once the relay says it is gone
+    #[arg(long)]
+    pub remember: bool,
 
     /// Decide and report what would be done, one line per token; send nothing, write nothing
     #[arg(long)]
@@ -96,6 +124,11 @@ pub struct Cli {
     /// Print nothing, not even errors: the exit status says it all
     #[arg(short, long)]
     pub quiet: bool,
+
+    /// The deferred sender that a run starts: it reads one token on standard input, waits for
+    /// the token's interval to end and posts it. Not for people.
+    #[arg(long, hide = true, conflicts_with_all = ["check", "dry_run", "remember"])]
+    pub send_deferred: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -108,50 +141,4 @@ pub fn usage_line(err: &clap::Error) -> String {
     let first = text.lines().next().unwrap_or_default();
     let first = first.strip_prefix("error: ").unwrap_or(first);
     format!("{first}; see --help")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn definition_is_consistent() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn defaults() {
-        let cli = Cli::try_parse_from(["deltapush-mda", "tok"]).unwrap();
-        assert_eq!(cli.interval, Duration::from_secs(10));
-        assert_eq!(cli.timeout, Duration::from_secs(15));
-        assert_eq!(cli.url, DEFAULT_URL);
-        assert_eq!(cli.tokens, ["tok"]);
-    }
-
-    #[test]
-    fn durations_in_humantime() {
-        let cli = Cli::try_parse_from(["x", "--interval", "1m 30s", "--timeout", "0"]).unwrap();
-        assert_eq!(cli.interval, Duration::from_secs(90));
-        assert_eq!(cli.timeout, Duration::ZERO);
-        let err = Cli::try_parse_from(["x", "--interval", "soon"]).unwrap_err();
-        let line = usage_line(&err);
-        assert!(
-            line.starts_with("invalid value 'soon' for '--interval <DURATION>'"),
-            "{line}"
-        );
-        assert!(!line.contains('\n'));
-    }
-
-    #[test]
-    fn skip_from_list() {
-        let cli =
-            Cli::try_parse_from(["x", "--skip-from", "a@b,c@d", "--skip-from", "e@f"]).unwrap();
-        assert_eq!(cli.skip_from, ["a@b", "c@d", "e@f"]);
-    }
-
-    #[test]
-    fn verbose_and_quiet_conflict() {
-        assert!(Cli::try_parse_from(["x", "-v", "-q", "tok"]).is_err());
-    }
 }

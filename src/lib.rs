@@ -3,6 +3,7 @@
 pub mod check;
 pub mod cli;
 pub mod error;
+pub mod exit;
 pub mod message;
 pub mod ratelimit;
 pub mod relay;

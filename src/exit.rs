@@ -1,0 +1,55 @@
+//! The exit statuses (sysexits.h), as data: `main` maps outcomes and errors to these codes, and
+//! `--help`, the man page and the README print this one table.
+
+/// EX_USAGE: the command line or a token is wrong.
+pub const USAGE: u8 = 64;
+/// EX_UNAVAILABLE: `--check` could not reach the relay.
+pub const UNAVAILABLE: u8 = 69;
+/// EX_IOERR: standard input could not be read.
+pub const IOERR: u8 = 74;
+/// EX_TEMPFAIL: a token could not be notified and `--tempfail` asks the caller to retry.
+pub const TEMPFAIL: u8 = 75;
+/// EX_CONFIG: the setup (cache dir, URL, token file) is wrong.
+pub const CONFIG: u8 = 78;
+
+/// One exit status and what it means, in the words every generated document uses.
+pub struct Status {
+    pub code: u8,
+    pub meaning: &'static str,
+}
+
+pub const STATUSES: &[Status] = &[
+    Status {
+        code: 0,
+        meaning: "notified, deferred, skipped, or the relay failed (an error line says so)",
+    },
+    Status {
+        code: USAGE,
+        meaning: "usage: no token, a malformed token, a phone without a push token, a bad option",
+    },
+    Status {
+        code: UNAVAILABLE,
+        meaning: "--check could not reach the relay",
+    },
+    Status {
+        code: IOERR,
+        meaning: "standard input could not be read",
+    },
+    Status {
+        code: TEMPFAIL,
+        meaning: "a token could not be notified and --tempfail was given: the caller should retry",
+    },
+    Status {
+        code: CONFIG,
+        meaning: "configuration: cache dir not usable, insecure --url, unreadable --token-file",
+    },
+];
+
+/// The table as `--help` shows it.
+pub fn help_table() -> String {
+    let mut text = String::from("Exit status (sysexits.h):\n");
+    for s in STATUSES {
+        text.push_str(&format!("  {:<3} {}\n", s.code, s.meaning));
+    }
+    text
+}
