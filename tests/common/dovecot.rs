@@ -9,6 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::realmail::{Ca, Daemon, MailUser, free_port, require, wait_listening};
+use super::realmail::{Ran, run_with_input};
 
 /// The account, as the example files spell it, so they need no change but the password.
 pub const USER: &str = "me@example.org";
@@ -183,5 +184,198 @@ impl Dovecot {
             );
             thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+// What follows serves tests/dovecot.rs; the other suites that include this file use none of it.
+
+/// The service settings that let Dovecot run without root: every service as the one user it
+/// has, no chroot for the login process (the string to put in its `service` block).
+#[allow(dead_code)]
+pub fn unprivileged_conf(mail_user: &MailUser) -> (String, &'static str) {
+    if mail_user.is_root_switch() {
+        return (String::new(), "");
+    }
+    let me = mail_user.name();
+    (
+        format!(
+            "default_internal_user = {me}\ndefault_login_user = {me}\n\
+             service anvil {{\n  chroot =\n}}\n\
+             service stats {{\n  unix_listener stats-writer {{\n    group =\n  }}\n}}\n\
+             service imap-hibernate {{\n  unix_listener imap-hibernate {{\n    group =\n  }}\n}}\n\
+             service dict {{\n  unix_listener dict {{\n    group =\n  }}\n}}\n\
+             service dict-async {{\n  unix_listener dict-async {{\n    group =\n  }}\n}}\n"
+        ),
+        "  chroot =\n",
+    )
+}
+
+/// A Dovecot that takes mail the way a mail server hands it over, through LMTP (and
+/// dovecot-lda), with Sieve at delivery, and serves plain IMAP on 127.0.0.1 (a client on the
+/// same host may log in without TLS). Every user has a home of its own with `~/Maildir`, and a
+/// user Sieve script at `~/.dovecot.sieve`, as Debian's 90-sieve.conf has it. Like Debian's
+/// dovecot.conf, it includes every `conf.d/*.conf`. Stopped when dropped.
+#[allow(dead_code)]
+pub struct MailServer {
+    pub imap_port: u16,
+    pub lmtp_port: u16,
+    dir: PathBuf,
+    mail_user: MailUser,
+    _daemon: Daemon,
+}
+
+#[allow(dead_code)]
+pub const DOMAIN: &str = "example.org";
+
+#[allow(dead_code)]
+impl MailServer {
+    /// Starts one with `users` (local parts) and the `conf_d` files (name, text) in place.
+    pub fn start(
+        dir: &Path,
+        mail_user: MailUser,
+        users: &[&str],
+        conf_d: &[(&str, String)],
+    ) -> MailServer {
+        let dovecot = require("dovecot");
+        let d = |name: &str| dir.join(name);
+        for sub in ["run", "state", "conf.d", "home"] {
+            fs::create_dir_all(d(sub)).unwrap();
+        }
+        for (name, text) in conf_d {
+            fs::write(d("conf.d").join(name), text).unwrap();
+        }
+        let mut passwd = String::new();
+        for user in users {
+            let home = d("home").join(user);
+            fs::create_dir_all(&home).unwrap();
+            mail_user.own(&home);
+            passwd.push_str(&format!(
+                "{user}@{DOMAIN}:{{PLAIN}}{}:{}:{}::{}::\n",
+                Self::password_of(user),
+                mail_user.uid,
+                mail_user.gid,
+                home.display()
+            ));
+        }
+        fs::write(d("passwd"), passwd).unwrap();
+        let (imap_port, lmtp_port) = (free_port(), free_port());
+        let (unprivileged, login_chroot) = unprivileged_conf(&mail_user);
+        let config = format!(
+            "base_dir = {run}\nstate_dir = {state}\nlog_path = {log}\n\
+             protocols = imap lmtp\nlisten = 127.0.0.1\n\
+             ssl = no\ndisable_plaintext_auth = no\nauth_mechanisms = plain login\n\
+             first_valid_uid = {uid}\n\
+             passdb {{\n  driver = passwd-file\n  args = {passwd}\n}}\n\
+             userdb {{\n  driver = passwd-file\n  args = {passwd}\n}}\n\
+             mail_location = maildir:~/Maildir\n\
+             plugin {{\n  sieve = file:~/sieve;active=~/.dovecot.sieve\n}}\n\
+             {unprivileged}\
+             service imap-login {{\n{login_chroot}  inet_listener imap {{\n    address = 127.0.0.1\n    port = {imap_port}\n  }}\n\
+             \x20 inet_listener imaps {{\n    port = 0\n  }}\n}}\n\
+             service lmtp {{\n  inet_listener lmtp {{\n    address = 127.0.0.1\n    port = {lmtp_port}\n  }}\n}}\n\
+             !include_try {conf_d}/*.conf\n",
+            run = d("run").display(),
+            state = d("state").display(),
+            log = d("dovecot.log").display(),
+            uid = mail_user.uid,
+            passwd = d("passwd").display(),
+            conf_d = d("conf.d").display(),
+        );
+        fs::write(d("dovecot.conf"), config).unwrap();
+        let mut cmd = Command::new(dovecot);
+        cmd.arg("-F").arg("-c").arg(d("dovecot.conf"));
+        let mut daemon = Daemon::spawn("dovecot", cmd);
+        let log = d("dovecot.log");
+        for port in [imap_port, lmtp_port] {
+            wait_listening(port, &mut daemon, || {
+                fs::read_to_string(&log).unwrap_or_default()
+            });
+        }
+        MailServer {
+            imap_port,
+            lmtp_port,
+            dir: dir.to_path_buf(),
+            mail_user,
+            _daemon: daemon,
+        }
+    }
+
+    /// The user's address, as LMTP, IMAP and doveadm take it.
+    pub fn address(user: &str) -> String {
+        format!("{user}@{DOMAIN}")
+    }
+
+    pub fn password_of(user: &str) -> String {
+        format!("pw-{user}-{}", std::process::id())
+    }
+
+    pub fn home(&self, user: &str) -> PathBuf {
+        self.dir.join("home").join(user)
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("dovecot.conf")
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("dovecot.log")).unwrap_or_default()
+    }
+
+    /// Writes a file into a user's home, owned by the mail user.
+    pub fn put(&self, user: &str, rel: &str, text: &str) -> PathBuf {
+        let path = self.home(user).join(rel);
+        fs::write(&path, text).unwrap();
+        self.mail_user.own(&path);
+        path
+    }
+
+    /// A Dovecot tool (doveadm, sievec, dovecot-lda, ...) run against this server's config.
+    pub fn tool(&self, program: &Path, args: &[&str], input: Option<&[u8]>) -> Ran {
+        let mut cmd = Command::new(program);
+        cmd.arg("-c").arg(self.config()).args(args);
+        let name = program.file_name().unwrap().to_string_lossy().into_owned();
+        let out = self.dir.join("tools");
+        fs::create_dir_all(&out).unwrap();
+        static RUNS: AtomicU32 = AtomicU32::new(0);
+        run_with_input(
+            &format!("{name}-{}", RUNS.fetch_add(1, Ordering::SeqCst)),
+            cmd,
+            &out,
+            Duration::from_secs(30),
+            input.map(<[u8]>::to_vec),
+        )
+    }
+
+    /// The messages of a user's folder (`INBOX` or another), flags as Dovecot put them in the
+    /// file names.
+    pub fn folder(&self, user: &str, folder: &str) -> Vec<Stored> {
+        let mut maildir = self.home(user).join("Maildir");
+        if folder != "INBOX" {
+            maildir = maildir.join(format!(".{folder}"));
+        }
+        let mut all = Vec::new();
+        for sub in ["new", "cur"] {
+            let Ok(entries) = fs::read_dir(maildir.join(sub)) else {
+                continue;
+            };
+            for entry in entries {
+                let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+                let flags = name.split_once(":2,").map(|(_, f)| f).unwrap_or("");
+                all.push(Stored {
+                    seen: sub == "cur" && flags.contains('S'),
+                    name,
+                });
+            }
+        }
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+}
+
+#[allow(dead_code)]
+impl Stored {
+    /// The IMAP flags as Maildir letters (`S` seen, `F` flagged, ...).
+    pub fn flags(&self) -> &str {
+        self.name.split_once(":2,").map(|(_, f)| f).unwrap_or("")
     }
 }

@@ -1,0 +1,195 @@
+//! The two clients of a mail server that the Dovecot tests play: the mail server's side of
+//! LMTP (RFC 2033), which hands a message over for delivery, and the phone's side of IMAP,
+//! which logs in and stores its device token.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// One line-based connection: what was said is kept for the panic messages.
+struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    transcript: String,
+}
+
+impl Conn {
+    fn open(port: u16) -> Conn {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // Longer than any delivery may take (Dovecot kills the program after 10 s).
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Conn {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+            transcript: String::new(),
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+        let shown = String::from_utf8_lossy(bytes);
+        let shown: String = shown.chars().take(200).collect();
+        self.transcript.push_str(&format!("C: {shown}\n"));
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).unwrap_or_else(|e| {
+            panic!("reading from the server: {e}; so far:\n{}", self.transcript)
+        });
+        assert!(
+            n > 0,
+            "the server closed the connection:\n{}",
+            self.transcript
+        );
+        let line = line.trim_end_matches(['\r', '\n']).to_string();
+        self.transcript.push_str(&format!("S: {line}\n"));
+        line
+    }
+}
+
+/// An LMTP session, as a mail server holds it towards Dovecot.
+pub struct Lmtp {
+    conn: Conn,
+}
+
+/// What became of one message handed over.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// When the end of the data went out: from here on, delivery is Dovecot's.
+    pub sent: Instant,
+    /// When the reply came.
+    pub replied: Instant,
+    /// The reply for the one recipient, e.g. `250 2.0.0 <...> Saved`.
+    pub reply: String,
+}
+
+impl Delivery {
+    pub fn took(&self) -> Duration {
+        self.replied - self.sent
+    }
+}
+
+impl Lmtp {
+    pub fn connect(port: u16) -> Lmtp {
+        let mut lmtp = Lmtp {
+            conn: Conn::open(port),
+        };
+        lmtp.expect(220);
+        lmtp.conn.send(b"LHLO localhost\r\n");
+        lmtp.expect(250);
+        lmtp
+    }
+
+    /// Reads one reply, all its lines, and checks its code.
+    fn expect(&mut self, code: u16) -> String {
+        let want = code.to_string();
+        loop {
+            let line = self.conn.line();
+            assert!(
+                line.starts_with(&want),
+                "expected {code} from LMTP:\n{}",
+                self.conn.transcript
+            );
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return line;
+            }
+        }
+    }
+
+    /// Hands over `message` (bare LF or CRLF) for one recipient and waits for its reply,
+    /// which must be 250.
+    pub fn deliver(&mut self, from: &str, to: &str, message: &[u8]) -> Delivery {
+        self.conn.send(format!("MAIL FROM:<{from}>\r\n").as_bytes());
+        self.expect(250);
+        self.conn.send(format!("RCPT TO:<{to}>\r\n").as_bytes());
+        self.expect(250);
+        self.conn.send(b"DATA\r\n");
+        self.expect(354);
+        let mut data = Vec::with_capacity(message.len() + 64);
+        for line in message.split_inclusive(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\n").unwrap_or(line);
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.first() == Some(&b'.') {
+                data.push(b'.');
+            }
+            data.extend_from_slice(line);
+            data.extend_from_slice(b"\r\n");
+        }
+        self.conn.writer.write_all(&data).unwrap();
+        self.conn.send(b".\r\n");
+        let sent = Instant::now();
+        let reply = self.expect(250);
+        Delivery {
+            sent,
+            replied: Instant::now(),
+            reply,
+        }
+    }
+}
+
+impl Drop for Lmtp {
+    fn drop(&mut self) {
+        let _ = self.conn.writer.write_all(b"QUIT\r\n");
+    }
+}
+
+/// An IMAP session, logged in.
+pub struct Imap {
+    conn: Conn,
+    tag: u32,
+    /// The capabilities the server announced after login.
+    pub capabilities: Vec<String>,
+}
+
+impl Imap {
+    pub fn login(port: u16, user: &str, password: &str) -> Imap {
+        let mut imap = Imap {
+            conn: Conn::open(port),
+            tag: 0,
+            capabilities: Vec::new(),
+        };
+        let greeting = imap.conn.line();
+        assert!(greeting.starts_with("* OK"), "{greeting}");
+        let lines = imap.command(&format!("LOGIN \"{user}\" \"{password}\""));
+        let ok = lines.last().unwrap();
+        let caps = ok
+            .split_once("[CAPABILITY ")
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .map(|(caps, _)| caps)
+            .unwrap_or_else(|| panic!("no capabilities after login: {ok}"));
+        imap.capabilities = caps.split(' ').map(str::to_string).collect();
+        imap
+    }
+
+    /// Sends `command` (which may hold non-synchronizing literals, CRLF and all) with a tag of
+    /// its own, and returns every line up to the tagged one, which must say OK.
+    pub fn command(&mut self, command: &str) -> Vec<String> {
+        self.tag += 1;
+        let tag = format!("a{}", self.tag);
+        self.conn.send(format!("{tag} {command}\r\n").as_bytes());
+        let mut lines = Vec::new();
+        loop {
+            let line = self.conn.line();
+            let done = line.starts_with(&format!("{tag} "));
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        assert!(
+            lines.last().unwrap().starts_with(&format!("{tag} OK")),
+            "IMAP command failed:\n{}",
+            self.conn.transcript
+        );
+        lines
+    }
+}
+
+impl Drop for Imap {
+    fn drop(&mut self) {
+        let _ = self.conn.writer.write_all(b"z LOGOUT\r\n");
+    }
+}

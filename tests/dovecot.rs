@@ -1,0 +1,480 @@
+//! Instant push on your own Dovecot (issue 13): the two files of `examples/dovecot/` as shipped,
+//! in a real Dovecot with LMTP, Pigeonhole and IMAP on 127.0.0.1. A phone's IMAP session stores
+//! its device token exactly as Delta Chat does; a mail server's LMTP session delivers; the
+//! stand-in relay sees what deltapush-mda, run by the Sieve script, posts. Only paths and the
+//! relay URL are changed in the files.
+//!
+//! Each scenario has a Dovecot of its own (0.3 s to start), so its log holds its own lines only.
+
+mod common;
+#[path = "common/dovecot.rs"]
+#[allow(dead_code)]
+mod dovecot;
+#[path = "common/examples.rs"]
+mod examples;
+#[path = "common/lmtp.rs"]
+mod lmtp;
+#[path = "common/realmail.rs"]
+#[allow(dead_code)]
+mod realmail;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{Relay, Reply, sha256_hex};
+use dovecot::MailServer;
+use examples::render;
+use lmtp::{Delivery, Imap, Lmtp};
+use realmail::{MailUser, Ran, require};
+
+/// The shipped relay, as the Sieve script names it.
+const RELAY: &str = "https://notifications.delta.chat/notify";
+/// Where the README installs the two files and the program's link.
+const SCRIPT: &str = "/etc/dovecot/sieve/deltapush.sieve";
+const EXEC_DIR: &str = "/usr/lib/dovecot/sieve-execute";
+
+/// A device token shaped like Delta Chat's: `openpgp:` and base64, `len` characters.
+fn phone_token(n: u32, len: usize) -> String {
+    let mut t = format!("openpgp:wcFMA{n:04}QzPd+/");
+    let fill = "hQIMA8Kx0Rq3c2vJARAAl9+/Zq";
+    while t.len() < len - 1 {
+        t.push_str(fill);
+    }
+    t.truncate(len - 1);
+    t.push('=');
+    t
+}
+
+/// What Delta Chat sends to store its token, up to core 2.57 (today's apps): a
+/// non-synchronizing literal (RFC 7888).
+fn setmetadata_literal(token: &str) -> String {
+    format!(
+        "SETMETADATA \"INBOX\" (/private/devicetoken {{{}+}}\r\n{token})",
+        token.len()
+    )
+}
+
+/// The same since core 2.58: a quoted string.
+fn setmetadata_quoted(token: &str) -> String {
+    format!("SETMETADATA \"INBOX\" (/private/devicetoken \"{token}\")")
+}
+
+/// A message from a person, CRLF as a mail server hands it over.
+fn plain(n: u32) -> Vec<u8> {
+    format!(
+        "From: alice@example.net\r\nTo: someone@example.org\r\nSubject: message {n}\r\n\
+         Message-ID: <{n}.{}@example.net>\r\nChat-Version: 1.0\r\n\r\nHello number {n}\r\n\
+         .a line that starts with a dot\r\n",
+        std::process::id()
+    )
+    .into_bytes()
+}
+
+/// A bounce marked `Auto-Submitted: auto-replied`: never notifies.
+fn bounce() -> Vec<u8> {
+    let m = fs::read(common::data("corpus/gmx_ndn.eml")).unwrap();
+    assert!(String::from_utf8_lossy(&m).contains("Auto-Submitted: auto-replied"));
+    m
+}
+
+/// A user's own Sieve script: files everything into Chats, flagged.
+const OWN_SCRIPT: &str = "require [\"fileinto\", \"imap4flags\", \"mailbox\"];\naddflag \"\\\\Flagged\";\nfileinto :create \"Chats\";\n";
+
+/// A Dovecot set up as the README says, for `users`, posting to `relay`.
+struct Site {
+    relay: Relay,
+    server: MailServer,
+    // Last: the servers stop before their files go.
+    _dir: tempfile::TempDir,
+}
+
+impl Site {
+    fn new(users: &[&str], relay: Relay) -> Site {
+        let dir = tempfile::Builder::new()
+            .prefix("deltapush-dovecot-")
+            .tempdir()
+            .unwrap();
+        // The mail user runs the program and reads the script from here.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let d = |name: &str| {
+            let p = dir.path().join(name);
+            fs::create_dir_all(&p).unwrap();
+            p
+        };
+        // The program where the mail user can run it (the build dir may be closed to it), and
+        // in the execute dir the link the README makes.
+        let bin = d("bin").join("deltapush-mda");
+        fs::copy(common::bin(), &bin).unwrap();
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        let exec_dir = d("sieve-execute");
+        std::os::unix::fs::symlink(&bin, exec_dir.join("deltapush-mda")).unwrap();
+
+        let script = d("sieve").join("deltapush.sieve");
+        fs::write(
+            &script,
+            render("dovecot/deltapush.sieve", &[(RELAY, 1, &relay.url)]),
+        )
+        .unwrap();
+        let conf = render(
+            "dovecot/90-deltapush.conf",
+            &[
+                // The install steps in the comment and the setting.
+                (SCRIPT, 3, script.to_str().unwrap()),
+                (EXEC_DIR, 3, exec_dir.to_str().unwrap()),
+            ],
+        );
+        let server = MailServer::start(
+            &d("dovecot"),
+            MailUser::get(),
+            users,
+            &[("90-deltapush.conf", conf)],
+        );
+        // The README's compile step; without it Dovecot logs an error for every delivery.
+        let ran = server.tool(&require("sievec"), &[script.to_str().unwrap()], None);
+        assert_eq!((ran.code(), ran.stderr.as_str()), (Some(0), ""), "{ran:?}");
+        Site {
+            relay,
+            server,
+            _dir: dir,
+        }
+    }
+
+    /// Logs in as `user` the way Delta Chat does and sends `command` to store a token.
+    fn register(&self, user: &str, command: &str) {
+        let mut imap = Imap::login(
+            self.server.imap_port,
+            &MailServer::address(user),
+            &MailServer::password_of(user),
+        );
+        // What Delta Chat needs to see before it stores a token (and to send a literal).
+        for cap in ["METADATA", "XDELTAPUSH", "LITERAL+"] {
+            assert!(
+                imap.capabilities.iter().any(|c| c == cap),
+                "{cap} missing from {:?}",
+                imap.capabilities
+            );
+        }
+        imap.command(command);
+    }
+
+    /// The README's check: the token as doveadm shows it.
+    fn stored_token(&self, user: &str) -> String {
+        let ran = self.tool(
+            "doveadm",
+            &[
+                "mailbox",
+                "metadata",
+                "get",
+                "-u",
+                &MailServer::address(user),
+                "INBOX",
+                "/private/devicetoken",
+            ],
+            None,
+        );
+        assert_eq!((ran.code(), ran.stderr.as_str()), (Some(0), ""), "{ran:?}");
+        ran.stdout.trim_end().to_string()
+    }
+
+    fn tool(&self, program: &str, args: &[&str], input: Option<&[u8]>) -> Ran {
+        let path = match program {
+            "dovecot-lda" => PathBuf::from("/usr/lib/dovecot/dovecot-lda"),
+            _ => require(program),
+        };
+        self.server.tool(&path, args, input)
+    }
+
+    /// Delivers one message to `user` through LMTP; the reply must be 250.
+    fn deliver(&self, user: &str, message: &[u8]) -> Delivery {
+        let mut lmtp = Lmtp::connect(self.server.lmtp_port);
+        let d = lmtp.deliver("alice@example.net", &MailServer::address(user), message);
+        assert!(d.reply.starts_with("250 2.0.0 "), "{d:?}");
+        d
+    }
+
+    /// [`Site::deliver`], also timing the way to the relay: from the end of the data to the
+    /// moment the relay holds one more POST.
+    fn deliver_timed(&self, user: &str, message: &[u8]) -> (Delivery, Duration) {
+        let before = self.relay.requests().len();
+        let relay = self.relay.clone();
+        let watcher = thread::spawn(move || {
+            let limit = Instant::now() + Duration::from_secs(15);
+            while relay.requests().len() == before {
+                assert!(Instant::now() < limit, "no POST within 15 s");
+                thread::sleep(Duration::from_micros(250));
+            }
+            Instant::now()
+        });
+        let d = self.deliver(user, message);
+        let posted = watcher.join().unwrap();
+        let to_post = posted.saturating_duration_since(d.sent);
+        (d, to_post)
+    }
+
+    /// Where the program keeps the state of `token` for `user` (default cache dir: HOME is
+    /// all Dovecot gives it).
+    fn cache_dir(&self, user: &str) -> PathBuf {
+        self.server.home(user).join(".cache/deltapush-mda")
+    }
+
+    /// The lines of the Dovecot log that say something is wrong, or that come from the
+    /// program (its standard error).
+    fn complaints(&self) -> Vec<String> {
+        let log = self.server.log();
+        log.lines()
+            .filter(|l| {
+                ["Error:", "Warning:", "Fatal:", "Panic:", "deltapush-mda"]
+                    .iter()
+                    .any(|w| l.contains(w))
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn assert_quiet_log(&self) {
+        let complaints = self.complaints();
+        assert!(
+            complaints.is_empty(),
+            "the Dovecot log complains:\n{}",
+            complaints.join("\n")
+        );
+    }
+}
+
+/// Asserts that the relay received exactly these bodies, in order, all POSTs to /notify. A
+/// failure shows each body as its prefix and a hash, never whole.
+fn assert_posts(relay: &Relay, want: &[&str]) {
+    let requests = relay.requests();
+    for r in &requests {
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/notify"));
+    }
+    let got: Vec<String> = requests
+        .into_iter()
+        .map(|r| String::from_utf8(r.body).unwrap())
+        .collect();
+    if got != want {
+        let brief = |b: &str| {
+            let prefix: String = b.chars().take(16).collect();
+            let hash = sha256_hex(b.as_bytes());
+            format!("{prefix}… ({} bytes, sha256 {})", b.len(), &hash[..12])
+        };
+        let got: Vec<String> = got.iter().map(|b| brief(b)).collect();
+        let want: Vec<String> = want.iter().map(|b| brief(b)).collect();
+        panic!("the relay received {got:?}, expected {want:?}");
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[test]
+fn each_delivery_wakes_the_phone_that_registered_over_imap() {
+    let users = ["u1", "u2", "u3", "u4", "u5", "quoted"];
+    let site = Site::new(&users, Relay::start());
+    // Five phones, five mailboxes: each delivery is the first for its token, so the shipped
+    // script runs unchanged and no rate limit is in play.
+    let tokens: Vec<String> = (1..=5).map(|n| phone_token(n, 908)).collect();
+    for (user, token) in users.iter().zip(&tokens) {
+        site.register(user, &setmetadata_literal(token));
+    }
+    assert_eq!(site.stored_token("u1"), tokens[0]);
+
+    let mut to_post = Vec::new();
+    let mut replies = Vec::new();
+    for (n, user) in users[..5].iter().enumerate() {
+        let (d, t) = site.deliver_timed(user, &plain(n as u32));
+        to_post.push(t);
+        replies.push(d.took());
+    }
+    let shown = |v: &[Duration]| {
+        v.iter()
+            .map(|d| format!("{:.1}", ms(*d)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "Sieve path: delivery to POST {} ms (median {:.1} ms); LMTP reply after {} ms",
+        shown(&to_post),
+        ms(median(to_post.clone())),
+        shown(&replies)
+    );
+    let want: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    assert_posts(&site.relay, &want);
+    assert!(
+        median(to_post.clone()) < Duration::from_millis(200),
+        "median delivery to POST {:?}",
+        median(to_post)
+    );
+    for user in &users[..5] {
+        let inbox = site.server.folder(user, "INBOX");
+        assert_eq!(inbox.len(), 1, "{user}: {inbox:?}");
+        assert!(!inbox[0].seen);
+    }
+
+    // Newer apps send the token as a quoted string.
+    let newer = phone_token(6, 920);
+    site.register("quoted", &setmetadata_quoted(&newer));
+    site.deliver("quoted", &plain(6));
+    assert_posts(&site.relay, &[want.as_slice(), &[newer.as_str()]].concat());
+    site.assert_quiet_log();
+}
+
+#[test]
+fn automatic_mail_and_users_without_a_token_run_nothing() {
+    let site = Site::new(&["ann", "ben", "cid"], Relay::start());
+    let ann = phone_token(11, 908);
+    site.register("ann", &setmetadata_literal(&ann));
+
+    site.deliver("ann", &bounce());
+    assert_posts(&site.relay, &[]);
+    assert_eq!(site.server.folder("ann", "INBOX").len(), 1);
+    // The token was in place all along, and the bounce left no rate limit behind.
+    site.deliver("ann", &plain(1));
+    assert_posts(&site.relay, &[&ann]);
+
+    // No token: the script runs no program, which would have made its cache dir.
+    site.deliver("ben", &plain(2));
+    assert_posts(&site.relay, &[&ann]);
+    assert_eq!(site.server.folder("ben", "INBOX").len(), 1);
+    assert!(!site.cache_dir("ben").exists());
+    assert!(!site.server.home("ben").join(".cache").exists());
+
+    // dovecot-lda, as a mail server without LMTP runs it: the same script.
+    let cid = phone_token(12, 920);
+    site.register("cid", &setmetadata_literal(&cid));
+    let ran = site.tool(
+        "dovecot-lda",
+        &["-d", &MailServer::address("cid"), "-f", "alice@example.net"],
+        Some(&plain(3)),
+    );
+    assert_eq!(
+        (ran.code(), ran.stdout.as_str(), ran.stderr.as_str()),
+        (Some(0), "", ""),
+        "{ran:?}"
+    );
+    assert_posts(&site.relay, &[&ann, &cid]);
+    assert_eq!(site.server.folder("cid", "INBOX").len(), 1);
+    site.assert_quiet_log();
+}
+
+#[test]
+fn the_users_own_script_still_runs_even_with_an_oversized_token() {
+    let site = Site::new(&["dan", "eve"], Relay::start());
+    let dan = phone_token(21, 908);
+    // Over Dovecot's 1024-byte limit for a program argument.
+    let eve = phone_token(22, 1100);
+    site.register("dan", &setmetadata_literal(&dan));
+    site.register("eve", &setmetadata_literal(&eve));
+    assert_eq!(site.stored_token("eve"), eve);
+    for user in ["dan", "eve"] {
+        site.server.put(user, ".dovecot.sieve", OWN_SCRIPT);
+    }
+
+    site.deliver("dan", &plain(1));
+    site.deliver("eve", &plain(2));
+    assert_posts(&site.relay, &[&dan]);
+    for user in ["dan", "eve"] {
+        assert_eq!(site.server.folder(user, "INBOX"), vec![], "{user}");
+        let chats = site.server.folder(user, "Chats");
+        assert_eq!(chats.len(), 1, "{user}: {chats:?}");
+        assert_eq!(chats[0].flags(), "F", "{user}: {chats:?}");
+    }
+    // Skipped quietly: no error, and nothing of the token in the log.
+    site.assert_quiet_log();
+    assert!(!site.server.log().contains(&eve[8..40]));
+}
+
+#[test]
+fn a_second_device_is_woken_too() {
+    let site = Site::new(&["fay"], Relay::start());
+    let a = phone_token(31, 908);
+    let b = phone_token(32, 920);
+    site.register("fay", &setmetadata_literal(&a));
+    site.deliver("fay", &plain(1));
+    assert_posts(&site.relay, &[&a]);
+
+    // Device B logs in: the metadata holds one value, the last device's.
+    site.register("fay", &setmetadata_literal(&b));
+    assert_eq!(site.stored_token("fay"), b);
+    // A was woken a moment ago: its interval is made to be over.
+    backdate(
+        &site.cache_dir("fay").join(sha256_hex(a.as_bytes())),
+        Duration::from_secs(60),
+    );
+    site.deliver("fay", &plain(2));
+    let bodies = site.relay.bodies();
+    assert_eq!(bodies.len(), 3, "device A was not woken again");
+    let mut last_two = bodies[1..].to_vec();
+    last_two.sort();
+    let mut want = vec![a.clone(), b.clone()];
+    want.sort();
+    assert!(last_two == want, "the second delivery did not wake A and B");
+    assert_eq!(site.server.folder("fay", "INBOX").len(), 2);
+    site.assert_quiet_log();
+}
+
+/// Moves a token state's last notification `by` into the past: the `notified` line, or the
+/// file's mtime for a state file without one.
+fn backdate(state: &Path, by: Duration) {
+    let text = fs::read_to_string(state)
+        .unwrap_or_else(|e| panic!("no token state at {}: {e}", state.display()));
+    let mut found = false;
+    let lines: Vec<String> = text
+        .lines()
+        .map(|line| match line.strip_prefix("notified ") {
+            Some(when) => {
+                found = true;
+                let when: f64 = when.trim().parse().unwrap();
+                format!("notified {:.3}", when - by.as_secs_f64())
+            }
+            None => line.to_string(),
+        })
+        .collect();
+    if found {
+        let tmp = state.with_extension("backdating");
+        fs::write(&tmp, lines.join("\n") + "\n").unwrap();
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).unwrap();
+        MailUser::get().own(&tmp);
+        fs::rename(&tmp, state).unwrap();
+    } else {
+        let then = SystemTime::now() - by;
+        assert!(then > UNIX_EPOCH);
+        fs::File::options()
+            .write(true)
+            .open(state)
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_hung_relay_holds_delivery_for_less_than_8_s() {
+    let site = Site::new(&["gus"], Relay::scripted(Reply::Hang, []));
+    let token = phone_token(41, 908);
+    site.register("gus", &setmetadata_literal(&token));
+    let d = site.deliver("gus", &plain(1));
+    println!("hung relay: LMTP reply after {:.0} ms", ms(d.took()));
+    assert!(d.took() < Duration::from_secs(8), "{d:?}");
+    assert_eq!(site.relay.requests().len(), 1, "the relay was never asked");
+    assert_eq!(site.server.folder("gus", "INBOX").len(), 1);
+    // The program's own line, at Error level, naming the token without showing it; nothing
+    // from Dovecot about the program (a kill after its 10 s would be).
+    let complaints = site.complaints();
+    assert_eq!(complaints.len(), 1, "{complaints:#?}");
+    assert!(
+        complaints[0].contains("Error: deltapush-mda: token ")
+            && complaints[0].contains("not notified"),
+        "{complaints:#?}"
+    );
+    assert!(!site.server.log().contains(&token[8..40]));
+}
