@@ -1,4 +1,5 @@
-//! `--check`: answers "why does my phone not ring?" without sending a notification.
+//! `--check`: answers "why does my phone not ring?" without sending a notification. It starts
+//! from the same resolved configuration as a delivery and spends one --timeout in all.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -7,18 +8,17 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use ureq::http::Uri;
+use crate::cache::{self, Cache, State};
+use crate::config::Config;
+use crate::error::{Error, cache_dir_line};
+use crate::exit;
+use crate::relay::{self, Url};
+use crate::run::{Outcome, deferred_failure_line, gone_line};
+use crate::token::Token;
 
-use crate::cli::Cli;
-use crate::error::{EX_CONFIG, EX_UNAVAILABLE, EX_USAGE, Error, Result};
-use crate::ratelimit::{self, Cache};
-use crate::relay;
-use crate::token::{self, Token};
-
-/// Prints one line per check on stdout and remembers the exit code of the first failure.
+/// Prints one line per check on stdout and remembers the exit status of the first failure.
 struct Report {
-    failed: usize,
-    code: u8,
+    first_failure: Option<u8>,
     out: std::io::StdoutLock<'static>,
 }
 
@@ -29,84 +29,45 @@ impl Report {
 
     fn fail(&mut self, code: u8, what: &str) {
         let _ = writeln!(self.out, "FAIL  {what}");
-        if self.failed == 0 {
-            self.code = code;
+        self.first_failure.get_or_insert(code);
+    }
+
+    fn outcome(mut self) -> Outcome {
+        let _ = self.out.flush();
+        match self.first_failure {
+            None => Outcome::Done,
+            Some(code) => Outcome::CheckFailed(code),
         }
-        self.failed += 1;
     }
 }
 
-pub fn run(cli: &Cli) -> Result<()> {
+pub fn run(config: &Config) -> Outcome {
+    let deadline = Instant::now() + config.timeout;
     let mut r = Report {
-        failed: 0,
-        code: 0,
+        first_failure: None,
         out: std::io::stdout().lock(),
     };
-    let tokens = check_tokens(cli, &mut r);
-    check_cache(cli, &tokens, &mut r);
-    match relay::check_url(&cli.url) {
-        Ok(()) => {
-            r.ok(&format!("url {}", cli.url));
-            check_relay(&cli.url, cli.timeout, &mut r);
-        }
-        Err(e) => r.fail(EX_CONFIG, &e.to_string()),
-    }
-    let _ = r.out.flush();
-    match r.failed {
-        0 => Ok(()),
-        failed => Err(Error::CheckFailed {
-            failed,
-            code: r.code,
-        }),
-    }
+    check_cache(config, &mut r);
+    r.ok(&format!("url {}", config.url));
+    check_relay(&config.url, deadline, &mut r);
+    r.outcome()
 }
 
-fn check_tokens(cli: &Cli, r: &mut Report) -> Vec<Token> {
-    let mut tokens: Vec<Token> = Vec::new();
-    let mut add = |t: Token, r: &mut Report| {
-        if tokens.contains(&t) {
-            r.fail(
-                EX_USAGE,
-                &format!("token {t}: given twice; remove the duplicate"),
-            );
-        } else {
-            r.ok(&format!("token {t}: well-formed"));
-            tokens.push(t);
-        }
+/// A configuration that did not resolve: the one line it gives, as a failed check.
+pub fn failed(err: &Error) -> Outcome {
+    let mut r = Report {
+        first_failure: None,
+        out: std::io::stdout().lock(),
     };
-    for arg in &cli.tokens {
-        match Token::parse(arg) {
-            Ok(t) => add(t, r),
-            Err(e) => r.fail(EX_USAGE, &e),
-        }
-    }
-    if let Some(path) = &cli.token_file {
-        match token::read_file(path) {
-            Ok(list) => list.into_iter().for_each(|t| add(t, r)),
-            Err(e) => r.fail(e.exit_code(), &e.to_string()),
-        }
-    }
-    if tokens.is_empty() && r.failed == 0 {
-        r.fail(
-            EX_USAGE,
-            "no token given: pass TOKEN or --token-file PATH (see --help)",
-        );
-    }
-    tokens
+    r.fail(err.exit_code(), &err.to_string());
+    r.outcome()
 }
 
-fn check_cache(cli: &Cli, tokens: &[Token], r: &mut Report) {
-    let Some(dir) = cli.cache_dir.clone().or_else(ratelimit::default_dir) else {
-        r.fail(
-            EX_CONFIG,
-            "cache dir: no home directory to keep stamps in; give --cache-dir",
-        );
-        return;
-    };
-    let shown = dir.display().to_string();
-    let cache = match Cache::open(dir.clone(), true) {
+fn check_cache(config: &Config, r: &mut Report) {
+    let dir = &config.cache_dir;
+    let cache = match Cache::open(dir, true) {
         Ok(cache) => cache,
-        Err(e) => return r.fail(EX_CONFIG, &e.to_string()),
+        Err(e) => return r.fail(exit::CONFIG, &e.to_string()),
     };
     let probe = dir.join(format!(".check-{}", std::process::id()));
     let writable = OpenOptions::new()
@@ -115,59 +76,98 @@ fn check_cache(cli: &Cli, tokens: &[Token], r: &mut Report) {
         .open(&probe)
         .and_then(|_| std::fs::remove_file(&probe));
     match writable {
-        Ok(()) => r.ok(&format!("cache dir {shown}: usable")),
-        Err(e) => {
-            return r.fail(
-                EX_CONFIG,
-                &format!("cache dir {shown}: {e}; fix it or give another with --cache-dir"),
-            );
-        }
+        Ok(()) => r.ok(&format!("cache dir {}: usable", dir.display())),
+        Err(e) => return r.fail(exit::CONFIG, &cache_dir_line(dir, &e.to_string())),
     }
     let now = SystemTime::now();
-    for t in tokens {
-        let line = match cache.last_notified(t) {
-            None => format!("token {t}: never notified"),
-            Some(last) => {
-                let when = match now.duration_since(last) {
-                    Ok(age) => format!("{} ago", rounded(age)),
-                    Err(e) => format!("{} in the future", rounded(e.duration())),
-                };
-                match ratelimit::wait_left(Some(last), now, cli.interval) {
-                    Some(left) => format!(
-                        "token {t}: last notified {when}; rate-limited for {} more",
-                        rounded(left)
-                    ),
-                    None => format!("token {t}: last notified {when}"),
-                }
+    let mut tokens: Vec<(Token, State)> = config
+        .tokens
+        .iter()
+        .map(|t| (t.clone(), cache.peek(t)))
+        .collect();
+    if config.remember {
+        for (t, state) in cache.remembered() {
+            if !tokens.iter().any(|(known, _)| *known == t) {
+                tokens.push((t, state));
             }
-        };
-        r.ok(&line);
+        }
     }
+    if tokens.is_empty() {
+        return r.fail(exit::USAGE, &Error::NoToken.to_string());
+    }
+    for (t, state) in &tokens {
+        token_lines(t, state, config, now, r);
+    }
+}
+
+/// What the token state says about one token, one line each.
+fn token_lines(t: &Token, state: &State, config: &Config, now: SystemTime, r: &mut Report) {
+    if let Some(since) = state.gone_since(now) {
+        return r.fail(exit::CONFIG, &gone_line(t, since));
+    }
+    if let Some((at, why)) = &state.failed {
+        r.fail(exit::UNAVAILABLE, &deferred_failure_line(t, *at, why));
+    }
+    let mut line = match state.notified {
+        None => format!("token {t}: never notified"),
+        Some(last) => match now.duration_since(last) {
+            Ok(age) => format!("token {t}: last notified {} ago", rounded(age)),
+            Err(e) => format!(
+                "token {t}: last notified {} in the future",
+                rounded(e.duration())
+            ),
+        },
+    };
+    if state.is_remembered(now)
+        && let Some(seen) = state.seen
+    {
+        let age = now.duration_since(seen).unwrap_or_default();
+        line.push_str(&format!("; remembered, last given {} ago", rounded(age)));
+    }
+    if state.pending.is_some() {
+        let due = state.next_post(now, config.interval).unwrap_or(now);
+        let left = due.duration_since(now).unwrap_or_default();
+        line.push_str(&format!(
+            "; a deferred wakeup is due in {}",
+            rounded_up(left)
+        ));
+    } else if let Some(paused) = state.paused.filter(|&p| p > now) {
+        let left = paused
+            .duration_since(now)
+            .unwrap_or_default()
+            .min(cache::MAX_PAUSE);
+        line.push_str(&format!(
+            "; the relay asked for a pause of {} more",
+            rounded_up(left)
+        ));
+    }
+    r.ok(&line);
 }
 
 fn rounded(d: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(Duration::from_secs(d.as_secs()))
 }
 
-/// DNS, TCP, then TLS and HTTP with a GET: the relay answers 405 to GET, and any HTTP answer
-/// proves the whole path.
-fn check_relay(url: &str, timeout: Duration, r: &mut Report) {
-    let Ok(uri) = url.parse::<Uri>() else { return };
-    let host = uri.host().unwrap_or_default().to_string();
-    let https = uri.scheme_str() == Some("https");
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+fn rounded_up(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_secs(crate::run::secs(d)))
+}
 
-    let addrs = match resolve(&host, port, timeout) {
+/// DNS, TCP, then TLS and HTTP with a GET: the relay answers 405 to GET, and any HTTP answer
+/// proves the whole path. Each step gets what is left of the one budget.
+fn check_relay(url: &Url, deadline: Instant, r: &mut Report) {
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let host = &url.host;
+    let addrs = match resolve(host, url.port, left()) {
         Ok(addrs) if !addrs.is_empty() => addrs,
         Ok(_) => {
             return r.fail(
-                EX_UNAVAILABLE,
+                exit::UNAVAILABLE,
                 &format!("dns {host}: no address; check the host name in --url"),
             );
         }
         Err(e) => {
             return r.fail(
-                EX_UNAVAILABLE,
+                exit::UNAVAILABLE,
                 &format!("dns {host}: {e}; check the host name and the network"),
             );
         }
@@ -177,47 +177,61 @@ fn check_relay(url: &str, timeout: Duration, r: &mut Report) {
 
     let start = Instant::now();
     let mut last_error = None;
-    let connected = addrs
-        .iter()
-        .find(|a| match TcpStream::connect_timeout(a, timeout) {
-            Ok(_) => true,
-            Err(e) => {
-                last_error = Some(e);
-                false
+    let mut connected = None;
+    for addr in &addrs {
+        let budget = left();
+        if budget.is_zero() {
+            break;
+        }
+        match TcpStream::connect_timeout(addr, budget) {
+            Ok(_) => {
+                connected = Some(addr);
+                break;
             }
-        });
-    match (connected, last_error) {
-        (Some(addr), _) => r.ok(&format!(
+            Err(e) => last_error = Some(e),
+        }
+    }
+    match connected {
+        Some(addr) => r.ok(&format!(
             "tcp {addr}: connected in {} ms",
             start.elapsed().as_millis()
         )),
-        (None, e) => {
-            let why = e.map_or_else(|| "no connection".to_string(), |e| e.to_string());
+        None => {
+            let why = last_error
+                .map_or_else(|| "no time left within --timeout".into(), |e| e.to_string());
             return r.fail(
-                EX_UNAVAILABLE,
+                exit::UNAVAILABLE,
                 &format!(
-                    "tcp {host} port {port}: {why}; is the relay up, is a firewall in the way?"
+                    "tcp {host} port {}: {why}; is the relay up, is a firewall in the way?",
+                    url.port
                 ),
             );
         }
     }
 
-    match relay::probe(url, timeout) {
+    let budget = left();
+    if budget.is_zero() {
+        return r.fail(
+            exit::UNAVAILABLE,
+            &format!("http GET {url}: no time left within --timeout"),
+        );
+    }
+    match relay::probe(url, budget) {
         Ok(status) => {
-            if https {
+            if url.https {
                 r.ok(&format!("tls {host}: certificate verified"));
             }
             r.ok(&format!("http GET {url}: answered {status}"));
         }
         Err(e) if relay::is_tls_error(&e) => r.fail(
-            EX_UNAVAILABLE,
+            exit::UNAVAILABLE,
             &format!(
                 "tls {host}: {}; check the system CA store or SSL_CERT_FILE",
                 relay::describe(&e)
             ),
         ),
         Err(e) => r.fail(
-            EX_UNAVAILABLE,
+            exit::UNAVAILABLE,
             &format!("http GET {url}: {}", relay::describe(&e)),
         ),
     }
@@ -226,12 +240,7 @@ fn check_relay(url: &str, timeout: Duration, r: &mut Report) {
 /// getaddrinfo has no timeout of its own: ask in a thread and stop waiting after `timeout`.
 fn resolve(host: &str, port: u16, timeout: Duration) -> std::io::Result<Vec<SocketAddr>> {
     let (tx, rx) = mpsc::channel();
-    let target = (
-        host.trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string(),
-        port,
-    );
+    let target = (host.to_string(), port);
     thread::spawn(move || {
         let _ = tx.send(target.to_socket_addrs().map(Iterator::collect));
     });

@@ -1,119 +1,221 @@
-//! The one error type, and the exit code each kind of failure maps to (sysexits.h).
+//! Everything that stops a run before it can decide about a token. Each message is written once,
+//! here; I/O causes are kept as sources. Outcomes of a run that did its job (a skip, a deferral,
+//! a relay that failed) are not errors: see `run::Outcome`.
 
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-/// EX_USAGE: the command line or a token is wrong.
-pub const EX_USAGE: u8 = 64;
-/// EX_UNAVAILABLE: `--check` could not reach the relay.
-pub const EX_UNAVAILABLE: u8 = 69;
-/// EX_IOERR: standard input could not be read.
-pub const EX_IOERR: u8 = 74;
-/// EX_TEMPFAIL: a token could not be notified and `--tempfail` asks the caller to retry.
-pub const EX_TEMPFAIL: u8 = 75;
-/// EX_CONFIG: the setup (cache dir, URL, token file) is wrong.
-pub const EX_CONFIG: u8 = 78;
+use crate::exit;
+use crate::token::{FileProblem, Name, Platform, location};
 
 #[derive(Debug)]
 pub enum Error {
-    /// A bad option or token; the text names which.
+    /// clap's report, cut to one line.
     Usage(String),
-    /// A setup problem the user must fix; the text names the flag or path.
-    Config(String),
+    /// Neither TOKEN nor a token in --token-file.
+    NoToken,
+    /// A token given on the command line or in the token file (`at`) is not usable.
+    Token {
+        at: Option<(PathBuf, usize)>,
+        problem: TokenProblem,
+    },
+    TokenFile {
+        path: PathBuf,
+        problem: FileProblem,
+    },
+    Url {
+        url: String,
+        problem: UrlProblem,
+    },
+    /// No --cache-dir, and no home directory to put the default one in.
+    NoHome,
+    /// The cache dir itself is not usable.
+    CacheDir {
+        path: PathBuf,
+        problem: CacheDirProblem,
+    },
     /// A file in the cache dir could not be used.
-    Cache { path: PathBuf, source: io::Error },
+    Cache {
+        path: PathBuf,
+        source: io::Error,
+    },
     /// Standard input failed while reading the message.
     Input(io::Error),
-    /// Some tokens could not be notified. Each failure is one line; delivery of the mail
-    /// itself must not fail because the relay is down, so this is exit 0 unless `--tempfail`.
-    NotNotified {
-        failures: Vec<String>,
-        tempfail: bool,
-    },
-    /// `--check` found problems (already reported one per line); `code` is the first one's.
-    CheckFailed { failed: usize, code: u8 },
+    /// The deferred sender got no usable token on its pipe.
+    DeferredInput,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum TokenProblem {
+    Empty,
+    TooLong { name: Name, len: usize },
+    Invisible { name: Name, at: usize },
+    NoPushToken(Platform),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum UrlProblem {
+    Invalid,
+    NoHost,
+    PlainHttp,
+    Scheme,
+}
+
+#[derive(Debug)]
+pub enum CacheDirProblem {
+    Io(io::Error),
+    Symlink,
+    NotDir,
+    WorldWritable,
 }
 
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Usage(_) => EX_USAGE,
-            Error::Config(_) | Error::Cache { .. } => EX_CONFIG,
-            Error::Input(_) => EX_IOERR,
-            Error::NotNotified { tempfail: true, .. } => EX_TEMPFAIL,
-            Error::NotNotified {
-                tempfail: false, ..
-            } => 0,
-            Error::CheckFailed { code, .. } => *code,
+            Error::Usage(_) | Error::NoToken | Error::Token { .. } | Error::DeferredInput => {
+                exit::USAGE
+            }
+            Error::TokenFile { .. }
+            | Error::Url { .. }
+            | Error::NoHome
+            | Error::CacheDir { .. }
+            | Error::Cache { .. } => exit::CONFIG,
+            Error::Input(_) => exit::IOERR,
+        }
+    }
+}
+
+impl fmt::Display for TokenProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenProblem::Empty => f.write_str("token is empty"),
+            TokenProblem::TooLong { name, len } => write!(
+                f,
+                "token {name} is {len} bytes long, more than {}; copy it again from Delta Chat",
+                crate::token::MAX_LEN
+            ),
+            TokenProblem::Invisible { name, at } => write!(
+                f,
+                "token {name} has a character that is not visible ASCII at byte {at}; \
+                 copy it again from Delta Chat"
+            ),
+            TokenProblem::NoPushToken(Platform::Android) => f.write_str(
+                "this phone has no push token (push-token=<empty>): it has no Google Play \
+                 services, so nothing can wake Delta Chat on it",
+            ),
+            TokenProblem::NoPushToken(Platform::Ios) => f.write_str(
+                "this phone has no push token (notify-token=<unset>): notifications are off for \
+                 Delta Chat; turn them on, then copy the token again from View Log",
+            ),
         }
     }
 }
 
 impl fmt::Display for Error {
-    /// One line per failure, without the program-name prefix (the caller adds it to each line).
+    /// One line, without the program-name prefix.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Usage(msg) | Error::Config(msg) => f.write_str(msg),
-            Error::Cache { path, source } => write!(
-                f,
-                "cache dir {}: {}; fix it or give another with --cache-dir",
-                path.display(),
-                source
-            ),
+            Error::Usage(line) => f.write_str(line),
+            Error::NoToken => {
+                f.write_str("no token given: pass TOKEN or --token-file PATH (see --help)")
+            }
+            Error::Token { at, problem } => write!(f, "{}{problem}", location(at)),
+            Error::TokenFile { path, problem } => {
+                write!(f, "--token-file {}: ", path.display())?;
+                match problem {
+                    FileProblem::Io(e) => write!(f, "{e}"),
+                    FileProblem::NotRegular => f.write_str("not a regular file"),
+                    FileProblem::WorldWritable => {
+                        write!(
+                            f,
+                            "writable by every user; run: chmod o-w {}",
+                            path.display()
+                        )
+                    }
+                    FileProblem::TooBig(len) => write!(f, "{len} bytes, too big for a token file"),
+                }
+            }
+            Error::Url { url, problem } => {
+                let why = match problem {
+                    UrlProblem::Invalid => "not a valid URL",
+                    UrlProblem::NoHost => "no host",
+                    UrlProblem::PlainHttp => {
+                        "plain http is only allowed to a loopback host; use https://"
+                    }
+                    UrlProblem::Scheme => "only https:// URLs are supported",
+                };
+                write!(f, "--url {url}: {why}")
+            }
+            Error::NoHome => {
+                f.write_str("no home directory to keep the cache dir in; give --cache-dir")
+            }
+            Error::CacheDir { path, problem } => {
+                let why = match problem {
+                    CacheDirProblem::Io(e) => e.to_string(),
+                    CacheDirProblem::Symlink => "is a symbolic link".into(),
+                    CacheDirProblem::NotDir => "not a directory".into(),
+                    CacheDirProblem::WorldWritable => "writable by every user".into(),
+                };
+                write!(f, "{}", cache_dir_line(path, &why))
+            }
+            Error::Cache { path, source } => {
+                write!(f, "{}", cache_dir_line(path, &source.to_string()))
+            }
             Error::Input(e) => write!(f, "reading the message from standard input: {e}"),
-            Error::NotNotified { failures, .. } => f.write_str(&failures.join("\n")),
-            Error::CheckFailed { failed: 1, .. } => f.write_str("1 check failed"),
-            Error::CheckFailed { failed, .. } => write!(f, "{failed} checks failed"),
+            Error::DeferredInput => f.write_str("--send-deferred: no token on standard input"),
         }
     }
 }
 
-impl std::error::Error for Error {}
+/// The one wording for anything wrong in or with the cache dir.
+pub fn cache_dir_line(path: &std::path::Path, why: &str) -> String {
+    format!(
+        "cache dir {}: {why}; fix it or give another with --cache-dir",
+        path.display()
+    )
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::TokenFile {
+                problem: FileProblem::Io(e),
+                ..
+            }
+            | Error::CacheDir {
+                problem: CacheDirProblem::Io(e),
+                ..
+            }
+            | Error::Cache { source: e, .. }
+            | Error::Input(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::error::Error as _;
 
     #[test]
-    fn relay_failures_fail_the_delivery_only_when_asked() {
-        let failures = vec!["token a…: x".to_string(), "token b…: y".to_string()];
-        let quiet = Error::NotNotified {
-            failures: failures.clone(),
-            tempfail: false,
-        };
-        let loud = Error::NotNotified {
-            failures,
-            tempfail: true,
-        };
-        assert_eq!((quiet.exit_code(), loud.exit_code()), (0, EX_TEMPFAIL));
-        assert_eq!(loud.to_string(), "token a…: x\ntoken b…: y");
-    }
-
-    #[test]
-    fn codes_by_kind() {
+    fn codes_by_kind_and_causes_kept() {
         let io = || io::Error::from(io::ErrorKind::PermissionDenied);
-        assert_eq!(Error::Usage(String::new()).exit_code(), EX_USAGE);
-        assert_eq!(Error::Config(String::new()).exit_code(), EX_CONFIG);
+        assert_eq!(Error::NoToken.exit_code(), exit::USAGE);
         let cache = Error::Cache {
             path: "/c/x.lock".into(),
             source: io(),
         };
-        assert_eq!(cache.exit_code(), EX_CONFIG);
+        assert_eq!(cache.exit_code(), exit::CONFIG);
         assert_eq!(
             cache.to_string(),
             "cache dir /c/x.lock: permission denied; fix it or give another with --cache-dir"
         );
-        assert_eq!(Error::Input(io()).exit_code(), EX_IOERR);
-        let check = Error::CheckFailed {
-            failed: 2,
-            code: 69,
-        };
-        assert_eq!(
-            (check.exit_code(), check.to_string()),
-            (69, "2 checks failed".into())
-        );
+        assert!(cache.source().is_some());
+        assert_eq!(Error::Input(io()).exit_code(), exit::IOERR);
+        assert!(Error::NoHome.source().is_none());
     }
 }

@@ -1,238 +1,317 @@
-//! Notify tokens: validation, the token file, and the only form in which a token is ever shown.
+//! Notify tokens: what a person pastes, validation, the token file, and the only form in which a
+//! token is ever shown: its kind and a fingerprint.
 
 use std::fmt;
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, TokenProblem};
 
 /// The relay has no documented limit; 4096 bytes is four times the longest token seen (openpgp, ~920).
 pub const MAX_LEN: usize = 4096;
 /// A token file bigger than this is not a token file.
 const MAX_FILE_LEN: u64 = 1024 * 1024;
-/// How much of a token may appear in output: enough to tell tokens apart, too little to use one.
-const SHOWN_CHARS: usize = 8;
+/// Hex digits of the SHA-256 shown: enough to tell a user's phones apart, useless to anyone else.
+const FINGERPRINT_LEN: usize = 8;
 
 /// A notify token: opaque, visible ASCII, 1 to 4096 bytes.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Token(String);
+pub struct Token {
+    value: String,
+    /// SHA-256 in hex: the token state's file name and, cut short, the fingerprint.
+    hash: String,
+}
 
 impl Token {
-    pub fn parse(s: &str) -> Result<Token, String> {
-        if s.is_empty() {
-            return Err("token is empty".to_string());
+    /// Takes a token as pasted: the bare value, or a `push-token=…` / `notify-token=…` line of
+    /// Delta Chat's log.
+    pub fn parse(text: &str) -> Result<Token, TokenProblem> {
+        let text = text.trim_matches(|c: char| c.is_ascii_whitespace());
+        let (value, platform) = match text.split_once('=') {
+            Some(("push-token", v)) => (v.trim(), Some(Platform::Android)),
+            Some(("notify-token", v)) => (v.trim(), Some(Platform::Ios)),
+            _ => (text, None),
+        };
+        match (value, platform) {
+            ("" | "<empty>", Some(p)) | ("<unset>", Some(p)) => {
+                return Err(TokenProblem::NoPushToken(p));
+            }
+            ("<empty>", None) => return Err(TokenProblem::NoPushToken(Platform::Android)),
+            ("<unset>", None) => return Err(TokenProblem::NoPushToken(Platform::Ios)),
+            ("", None) => return Err(TokenProblem::Empty),
+            _ => {}
         }
-        if s.len() > MAX_LEN {
-            return Err(format!(
-                "token {} is {} bytes long, more than {MAX_LEN}; copy it again from Delta Chat",
-                Shown(s),
-                s.len()
-            ));
+        let name = Name::of(value.as_bytes());
+        if value.len() > MAX_LEN {
+            return Err(TokenProblem::TooLong {
+                name,
+                len: value.len(),
+            });
         }
-        if let Some(pos) = s.bytes().position(|b| !b.is_ascii_graphic()) {
-            return Err(format!(
-                "token {} has a character that is not visible ASCII at byte {}; copy it again from Delta Chat",
-                Shown(s),
-                pos + 1
-            ));
+        if let Some(pos) = value.bytes().position(|b| !b.is_ascii_graphic()) {
+            return Err(TokenProblem::Invisible { name, at: pos + 1 });
         }
-        Ok(Token(s.to_string()))
+        Ok(Token {
+            value: value.to_string(),
+            hash: hex_sha256(value.as_bytes()),
+        })
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        self.0.as_bytes()
+        self.value.as_bytes()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.value
+    }
+
+    /// The SHA-256 of the token in hex: never the token itself, so it can name a file.
+    pub fn hash(&self) -> &str {
+        &self.hash
     }
 }
 
-/// Debug and Display show only the prefix, so a token cannot leak through `{:?}` in a panic or log.
+/// Display and Debug show only the kind and fingerprint, so a token cannot leak through `{:?}`.
 impl fmt::Display for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        Shown(&self.0).fmt(f)
+        write!(
+            f,
+            "{}#{}",
+            kind(self.value.as_bytes()),
+            &self.hash[..FINGERPRINT_LEN]
+        )
     }
 }
 
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Token({})", Shown(&self.0))
+        write!(f, "Token({self})")
     }
 }
 
-/// The first characters of a possibly invalid token, with anything unprintable escaped.
-pub struct Shown<'a>(pub &'a str);
+/// The shown name of text that may not be a valid token, e.g. `webpush#0b71e4aa`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Name(String);
 
-impl fmt::Display for Shown<'_> {
+impl Name {
+    pub fn of(bytes: &[u8]) -> Name {
+        Name(format!(
+            "{}#{}",
+            kind(bytes),
+            &hex_sha256(bytes)[..FINGERPRINT_LEN]
+        ))
+    }
+}
+
+impl fmt::Display for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for c in self.0.chars().take(SHOWN_CHARS) {
-            if c.is_ascii_graphic() {
-                write!(f, "{c}")?;
-            } else {
-                write!(f, "{}", c.escape_default())?;
-            }
-        }
-        f.write_str("…")
+        f.write_str(&self.0)
     }
 }
 
-/// Merges the command-line tokens and those of the token file, in order, each once.
-pub fn collect(args: &[String], file: Option<&Path>) -> Result<Vec<Token>> {
-    let mut tokens: Vec<Token> = Vec::new();
-    let mut push = |t: Token| {
-        if !tokens.contains(&t) {
-            tokens.push(t);
+/// Which phone said it has no token, for the one line that says why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    Android,
+    Ios,
+}
+
+/// The kind of a token, from the forms the relay takes (chatmail/notifiers).
+fn kind(token: &[u8]) -> &'static str {
+    const PREFIXES: [(&[u8], &str); 5] = [
+        (b"fcm-", "fcm"),
+        (b"sandbox:", "sandbox"),
+        (b"ubports-", "ubports"),
+        (b"webpush:", "webpush"),
+        (b"openpgp:", "openpgp"),
+    ];
+    for (prefix, kind) in PREFIXES {
+        if token.starts_with(prefix) {
+            return kind;
         }
-    };
-    for arg in args {
-        push(Token::parse(arg).map_err(Error::Usage)?);
     }
-    if let Some(path) = file {
-        for t in read_file(path)? {
-            push(t);
+    // An APNs device token is 32 bytes in hex.
+    if token.len() >= 32 && token.iter().all(u8::is_ascii_hexdigit) {
+        return "apns";
+    }
+    "token"
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// Merges tokens in order, each once.
+pub fn dedup(tokens: impl IntoIterator<Item = Token>) -> Vec<Token> {
+    let mut out: Vec<Token> = Vec::new();
+    for t in tokens {
+        if !out.contains(&t) {
+            out.push(t);
         }
     }
-    if tokens.is_empty() {
-        return Err(Error::Usage(
-            "no token given: pass TOKEN or --token-file PATH (see --help)".to_string(),
-        ));
-    }
-    Ok(tokens)
+    out
 }
 
 /// Reads a token file: one token per line, blank lines and `#` comments ignored.
-pub fn read_file(path: &Path) -> Result<Vec<Token>> {
-    let shown = path.display();
-    let config = |what: String| Error::Config(format!("--token-file {shown}: {what}"));
+pub fn read_file(path: &Path) -> Result<Vec<Token>, Error> {
+    let file_error = |problem| Error::TokenFile {
+        path: path.to_path_buf(),
+        problem,
+    };
     // O_NONBLOCK so that a FIFO put in place of the file cannot hang the open; it is refused below.
     let file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| config(e.to_string()))?;
-    let meta = file.metadata().map_err(|e| config(e.to_string()))?;
+        .map_err(|e| file_error(FileProblem::Io(e)))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| file_error(FileProblem::Io(e)))?;
     if !meta.is_file() {
-        return Err(config("not a regular file".to_string()));
+        return Err(file_error(FileProblem::NotRegular));
     }
     // Like ssh with authorized_keys: anyone who can write the file could redirect the pushes.
     if meta.mode() & 0o002 != 0 {
-        return Err(config(format!(
-            "writable by every user; run: chmod o-w {shown}"
-        )));
+        return Err(file_error(FileProblem::WorldWritable));
     }
     if meta.len() > MAX_FILE_LEN {
-        return Err(config(format!(
-            "{} bytes, too big for a token file",
-            meta.len()
-        )));
+        return Err(file_error(FileProblem::TooBig(meta.len())));
     }
     let mut text = String::new();
     file.take(MAX_FILE_LEN)
         .read_to_string(&mut text)
-        .map_err(|e| config(e.to_string()))?;
+        .map_err(|e| file_error(FileProblem::Io(e)))?;
     let mut tokens = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let token =
-            Token::parse(line).map_err(|e| Error::Usage(format!("{shown}:{}: {e}", n + 1)))?;
+        let token = Token::parse(line).map_err(|problem| Error::Token {
+            at: Some((path.to_path_buf(), n + 1)),
+            problem,
+        })?;
         tokens.push(token);
     }
     Ok(tokens)
 }
 
+/// Why a token file cannot be used.
+#[derive(Debug)]
+pub enum FileProblem {
+    Io(std::io::Error),
+    NotRegular,
+    WorldWritable,
+    TooBig(u64),
+}
+
+/// Where a token came from, for error lines: `PATH:LINE: `.
+pub fn location(at: &Option<(PathBuf, usize)>) -> String {
+    match at {
+        Some((path, line)) => format!("{}:{line}: ", path.display()),
+        None => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     const OPENPGP: &str = "openpgp:wcFMA1a2b3c4d5e6f7/g+h8i9j0k==";
 
     #[test]
     fn accepts_every_known_token_shape() {
-        for t in [
-            OPENPGP,
-            "fcm-chat.delta:abc_DEF-123",
-            "sandbox:0123456789abcdef",
-            "webpush:https://push.example/x",
-            &"a".repeat(64),
-            &"x".repeat(MAX_LEN),
+        for (t, kind) in [
+            (OPENPGP, "openpgp"),
+            ("fcm-chat.delta:abc_DEF-123", "fcm"),
+            ("sandbox:0123456789abcdef", "sandbox"),
+            ("ubports-abc", "ubports"),
+            ("webpush:https://push.example/x|key|auth", "webpush"),
+            (&"a1".repeat(32), "apns"),
+            (&"x".repeat(MAX_LEN), "token"),
         ] {
-            assert!(Token::parse(t).is_ok(), "{t}");
+            let token = Token::parse(t).unwrap();
+            assert_eq!(token.to_string(), format!("{kind}#{}", &token.hash()[..8]));
+        }
+    }
+
+    #[test]
+    fn log_lines_mean_their_value() {
+        let bare = Token::parse("fcm-chat.delta:abc").unwrap();
+        for pasted in [
+            "push-token=fcm-chat.delta:abc",
+            "  push-token= fcm-chat.delta:abc \r",
+            "\tnotify-token=fcm-chat.delta:abc",
+        ] {
+            assert_eq!(Token::parse(pasted).unwrap(), bare, "{pasted:?}");
+        }
+    }
+
+    #[test]
+    fn a_phone_without_a_token_says_why() {
+        for (text, platform) in [
+            ("push-token=<empty>", Platform::Android),
+            ("push-token=", Platform::Android),
+            ("<empty>", Platform::Android),
+            ("notify-token=<unset>", Platform::Ios),
+            (" notify-token =", Platform::Ios),
+            ("<unset>", Platform::Ios),
+        ] {
+            if text.contains(" =") {
+                // A blank before `=` is not the log's form: taken as a (bad) token.
+                assert!(matches!(
+                    Token::parse(text),
+                    Err(TokenProblem::Invisible { .. })
+                ));
+                continue;
+            }
+            assert_eq!(
+                Token::parse(text),
+                Err(TokenProblem::NoPushToken(platform)),
+                "{text:?}"
+            );
         }
     }
 
     #[test]
     fn refuses_empty_long_and_invisible() {
-        assert_eq!(Token::parse("").unwrap_err(), "token is empty");
+        assert_eq!(Token::parse(""), Err(TokenProblem::Empty));
+        assert_eq!(Token::parse("  "), Err(TokenProblem::Empty));
         let long = "y".repeat(MAX_LEN + 1);
-        assert!(Token::parse(&long).unwrap_err().contains("4097 bytes"));
-        for bad in ["a b", "a\tb", "a\nb", "ab\u{7f}", "tökén", "a\0b"] {
+        assert!(matches!(
+            Token::parse(&long),
+            Err(TokenProblem::TooLong { len: 4097, .. })
+        ));
+        for bad in ["a b", "a\tb", "ab\u{7f}", "tökén", "a\0b"] {
             assert!(Token::parse(bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
-    fn shows_only_an_escaped_prefix() {
-        let t = Token::parse(OPENPGP).unwrap();
-        assert_eq!(t.to_string(), "openpgp:…");
-        assert_eq!(format!("{t:?}"), "Token(openpgp:…)");
-        assert_eq!(Shown("a\u{1b}[31mbcdefgh").to_string(), "a\\u{1b}[31mbc…");
-        let err = Token::parse("secret12 with a space").unwrap_err();
-        assert!(err.starts_with("token secret12… has"), "{err}");
-        assert!(!err.contains("with a space"));
+    fn two_tokens_of_one_kind_are_told_apart_and_never_shown() {
+        let a = Token::parse("fcm-chat.delta:SECRETaaaa").unwrap();
+        let b = Token::parse("fcm-chat.delta:SECRETbbbb").unwrap();
+        assert_ne!(a.to_string(), b.to_string());
+        for shown in [a.to_string(), format!("{b:?}")] {
+            assert!(
+                !shown.contains("SECRET") && !shown.contains("chat"),
+                "{shown}"
+            );
+        }
+        let err = Token::parse("secret12 with a space")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("secret") && !err.contains("space"), "{err}");
     }
 
     #[test]
-    fn collect_merges_and_dedups_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tokens");
-        let mut f = fs::File::create(&path).unwrap();
-        writeln!(f, "# phone\n\n  tokB  \r\ntokA\n#tokC\ntokB").unwrap();
-        let args = vec!["tokA".to_string(), "tokA".to_string()];
-        let got: Vec<String> = collect(&args, Some(&path))
-            .unwrap()
-            .iter()
-            .map(|t| String::from_utf8(t.as_bytes().to_vec()).unwrap())
-            .collect();
-        assert_eq!(got, ["tokA", "tokB"]);
-    }
-
-    #[test]
-    fn no_token_is_a_usage_error() {
-        assert!(matches!(collect(&[], None), Err(Error::Usage(_))));
-    }
-
-    #[test]
-    fn bad_line_in_file_names_the_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tokens");
-        fs::write(&path, "good\nbad token\n").unwrap();
-        let err = read_file(&path).unwrap_err().to_string();
-        assert!(err.ends_with(":2: token bad toke… has a character that is not visible ASCII at byte 4; copy it again from Delta Chat"), "{err}");
-    }
-
-    #[test]
-    fn refuses_directory_fifo_and_world_writable() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let err = read_file(dir.path()).unwrap_err();
-        assert!(matches!(err, Error::Config(_)), "{err}");
-
-        let fifo = dir.path().join("fifo");
-        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let err = read_file(&fifo).unwrap_err().to_string();
-        assert!(err.ends_with("not a regular file"), "{err}");
-
-        let open = dir.path().join("open");
-        fs::write(&open, "tok\n").unwrap();
-        fs::set_permissions(&open, fs::Permissions::from_mode(0o666)).unwrap();
-        let err = read_file(&open).unwrap_err().to_string();
-        assert!(err.contains("writable by every user"), "{err}");
-
-        let err = read_file(&dir.path().join("missing")).unwrap_err();
-        assert!(matches!(err, Error::Config(_)));
+    fn dedup_keeps_order() {
+        let t = |s| Token::parse(s).unwrap();
+        let got = dedup([t("tokA"), t("tokB"), t("tokA"), t("push-token=tokB")]);
+        assert_eq!(got, [t("tokA"), t("tokB")]);
     }
 }

@@ -6,8 +6,11 @@ use std::path::Path;
 use std::process::Command;
 
 use clap::CommandFactory;
-use deltapush_mda::cli::Cli;
-use deltapush_mda::error::{EX_CONFIG, EX_IOERR, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE};
+use xtask::cli::Cli;
+use xtask::exit::{
+    CONFIG as EX_CONFIG, IOERR as EX_IOERR, TEMPFAIL as EX_TEMPFAIL, UNAVAILABLE as EX_UNAVAILABLE,
+    USAGE as EX_USAGE,
+};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

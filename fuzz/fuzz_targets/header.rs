@@ -4,9 +4,14 @@
 
 use std::time::Duration;
 
-use deltapush_mda::message::{HEADER_CAP, Rules, Summary, first_word, read_header, summarize};
 use libfuzzer_sys::fuzz_target;
-use mail_parser::{HeaderName, MessageParser};
+
+// The module itself, not a library: deltapush-mda is a binary.
+#[allow(dead_code)]
+#[path = "../../src/message.rs"]
+mod message;
+
+use message::{HEADER_CAP, Rules, oracle, read_header, summarize};
 
 /// Hands the input over in reads of varying size, as a pipe does, so that a blank line or a
 /// `From ` line split between two reads is explored too. The first byte picks the read size.
@@ -52,7 +57,7 @@ fuzz_target!(|input: &[u8]| {
     let skip = rules.skip(&summary, i64::MIN);
     assert_eq!(
         summary.auto_submitted.is_some(),
-        matches!(skip, Some(deltapush_mda::message::Skip::AutoSubmitted(_)))
+        matches!(skip, Some(message::Skip::AutoSubmitted(_)))
     );
     let _ = Rules {
         max_age: Some(Duration::ZERO),
@@ -60,42 +65,3 @@ fuzz_target!(|input: &[u8]| {
     }
     .skip(&summary, i64::MAX);
 });
-
-/// `summarize` before it streamed: mail-parser parses the whole block and keeps every header.
-fn oracle(header: &[u8]) -> Summary {
-    let mut summary = Summary::default();
-    let Some(message) = MessageParser::new().parse_headers(header) else {
-        return summary;
-    };
-    let raw = |h: &mail_parser::Header| {
-        header
-            .get(h.offset_start as usize..h.offset_end as usize)
-            .unwrap_or_default()
-    };
-    for h in message.headers() {
-        match &h.name {
-            HeaderName::AutoSubmitted if summary.auto_submitted.is_none() => {
-                let word = first_word(raw(h));
-                if !word.is_empty() && !word.eq_ignore_ascii_case(b"no") {
-                    summary.auto_submitted =
-                        Some(String::from_utf8_lossy(word).to_ascii_lowercase());
-                }
-            }
-            HeaderName::Other(name) if name.eq_ignore_ascii_case("chat-version") => {
-                summary.chat = true;
-            }
-            _ => {}
-        }
-    }
-    summary.from = message
-        .from()
-        .and_then(|a| a.first())
-        .and_then(|a| a.address())
-        .map(str::to_string);
-    summary.date = message
-        .date()
-        .filter(|d| d.is_valid())
-        .zip(message.header_raw(HeaderName::Date))
-        .map(|(d, text)| (d.to_timestamp(), text.trim().to_string()));
-    summary
-}

@@ -293,7 +293,24 @@ pub fn data(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Shows the first 8 characters of a token, as the binary does.
+/// A token as the binary names it: its kind and the first 8 hex digits of its SHA-256.
 pub fn shown(token: &str) -> String {
-    format!("{}…", &token[..8])
+    let kind = [
+        ("fcm-", "fcm"),
+        ("sandbox:", "sandbox"),
+        ("ubports-", "ubports"),
+        ("webpush:", "webpush"),
+        ("openpgp:", "openpgp"),
+    ]
+    .iter()
+    .find(|(prefix, _)| token.starts_with(prefix))
+    .map(|(_, kind)| *kind)
+    .unwrap_or(
+        if token.len() >= 32 && token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            "apns"
+        } else {
+            "token"
+        },
+    );
+    format!("{kind}#{}", &sha256_hex(token.as_bytes())[..8])
 }

@@ -12,7 +12,15 @@ use clap::{Command, CommandFactory};
 use clap_complete::Shell;
 use roff::{Roff, bold, italic, roman};
 
-use deltapush_mda::cli::Cli;
+// The clap definition itself, not a library: deltapush-mda is a binary.
+#[allow(dead_code)]
+#[path = "../../src/cli.rs"]
+pub mod cli;
+#[allow(dead_code)]
+#[path = "../../src/exit.rs"]
+pub mod exit;
+
+use cli::Cli;
 
 const BIN: &str = "deltapush-mda";
 

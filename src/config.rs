@@ -1,0 +1,162 @@
+//! The one resolved configuration: the command line and the environment become this once, and
+//! every mode (a delivery, a dry run, `--check`, the deferred sender) starts from it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cli::Cli;
+use crate::error::{Error, Result};
+use crate::message::Rules;
+use crate::relay::Url;
+use crate::token::{self, Token};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Deliver,
+    DryRun,
+    Check,
+    SendDeferred,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    Quiet,
+    Normal,
+    Verbose,
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub mode: Mode,
+    /// Given on the command line and in the token file, in order, each once. Empty only with
+    /// --remember (the remembered ones are notified) and for the deferred sender.
+    pub tokens: Vec<Token>,
+    pub url: Url,
+    pub interval: Duration,
+    /// The network budget of the whole run.
+    pub timeout: Duration,
+    /// Absolute, so the deferred sender (started in `/`) finds the same one.
+    pub cache_dir: PathBuf,
+    pub remember: bool,
+    pub rules: Rules,
+    pub tempfail: bool,
+    pub verbosity: Verbosity,
+}
+
+/// The default cache dir: `$XDG_CACHE_HOME/deltapush-mda`, else `~/.cache/deltapush-mda`.
+fn default_cache_dir() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "deltapush-mda").map(|d| d.cache_dir().to_path_buf())
+}
+
+/// The verbosity the command line asks for; also used when it does not parse.
+pub fn verbosity(quiet: bool, verbose: bool) -> Verbosity {
+    match (quiet, verbose) {
+        (true, _) => Verbosity::Quiet,
+        (_, true) => Verbosity::Verbose,
+        _ => Verbosity::Normal,
+    }
+}
+
+impl Config {
+    pub fn resolve(cli: Cli) -> Result<Config> {
+        let mode = match (cli.check, cli.dry_run, cli.send_deferred) {
+            (true, _, _) => Mode::Check,
+            (_, true, _) => Mode::DryRun,
+            (_, _, true) => Mode::SendDeferred,
+            _ => Mode::Deliver,
+        };
+        let mut tokens = Vec::new();
+        for arg in &cli.tokens {
+            tokens.push(Token::parse(arg).map_err(|problem| Error::Token { at: None, problem })?);
+        }
+        if let Some(path) = &cli.token_file {
+            tokens.extend(token::read_file(path)?);
+        }
+        let tokens = token::dedup(tokens);
+        if tokens.is_empty() && !cli.remember && mode != Mode::SendDeferred {
+            return Err(Error::NoToken);
+        }
+        let url = Url::parse(&cli.url)?;
+        let cache_dir = match cli.cache_dir {
+            Some(dir) => dir,
+            None => default_cache_dir().ok_or(Error::NoHome)?,
+        };
+        let cache_dir = std::path::absolute(&cache_dir).map_err(|source| Error::Cache {
+            path: cache_dir.clone(),
+            source,
+        })?;
+        Ok(Config {
+            mode,
+            tokens,
+            url,
+            interval: cli.interval,
+            timeout: cli.timeout,
+            cache_dir,
+            remember: cli.remember,
+            rules: Rules {
+                skip_from: cli.skip_from,
+                only_chat: cli.only_chat,
+                max_age: cli.max_age,
+            },
+            tempfail: cli.tempfail,
+            // A dry run exists to show its decisions.
+            verbosity: match verbosity(cli.quiet, cli.verbose) {
+                Verbosity::Normal if mode == Mode::DryRun => Verbosity::Verbose,
+                v => v,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn resolve(args: &[&str]) -> Result<Config> {
+        Config::resolve(Cli::try_parse_from([&["deltapush-mda"], args].concat()).unwrap())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = resolve(&["--cache-dir", "/c", "tok"]).unwrap();
+        assert_eq!(c.mode, Mode::Deliver);
+        assert_eq!(c.interval, Duration::from_secs(10));
+        assert_eq!(c.timeout, Duration::from_secs(15));
+        assert_eq!(c.url.as_str(), crate::cli::DEFAULT_URL);
+        assert_eq!(c.tokens, [Token::parse("tok").unwrap()]);
+        assert_eq!(c.verbosity, Verbosity::Normal);
+    }
+
+    #[test]
+    fn every_mode_dedups_tokens_alike() {
+        for mode in [&[][..], &["--check"], &["--dry-run"]] {
+            let args = [mode, &["--cache-dir", "/c", "tok", "tok", "push-token=tok"]].concat();
+            assert_eq!(resolve(&args).unwrap().tokens.len(), 1, "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn relative_cache_dir_becomes_absolute() {
+        let c = resolve(&["--cache-dir", "rel", "tok"]).unwrap();
+        assert!(c.cache_dir.is_absolute());
+        assert!(c.cache_dir.ends_with("rel"));
+    }
+
+    #[test]
+    fn no_token_is_a_usage_error_unless_remembered_ones_count() {
+        assert!(matches!(
+            resolve(&["--cache-dir", "/c"]),
+            Err(Error::NoToken)
+        ));
+        assert!(resolve(&["--cache-dir", "/c", "--remember"]).is_ok());
+    }
+
+    #[test]
+    fn dry_run_shows_its_decisions_unless_quiet() {
+        let c = resolve(&["--dry-run", "--cache-dir", "/c", "tok"]).unwrap();
+        assert_eq!(c.verbosity, Verbosity::Verbose);
+        let c = resolve(&["--dry-run", "-q", "--cache-dir", "/c", "tok"]).unwrap();
+        assert_eq!(c.verbosity, Verbosity::Quiet);
+    }
+}

@@ -1,0 +1,367 @@
+//! A delivery: decide about the message, then for each token post now, defer to the end of its
+//! interval, or say why not. A run ends in an [`Outcome`]; `main` turns it into an exit status.
+
+use std::fmt;
+use std::io::Write;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::cache::{Cache, Locked, MAX_PAUSE, State};
+use crate::config::{Config, Mode, Verbosity};
+use crate::deferral;
+use crate::error::{Error, Result};
+use crate::message;
+use crate::relay::{Answer, Relay};
+use crate::token::Token;
+
+/// How a run that did its job ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every token was notified, deferred or rightly left alone, or the message was skipped.
+    Done,
+    /// At least one token could not be notified; each said why on its own line.
+    NotNotified,
+    /// `--check` found a problem; the exit status of the first.
+    CheckFailed(u8),
+}
+
+/// The lines on standard error, and which of them are wanted.
+pub struct Output {
+    pub verbosity: Verbosity,
+}
+
+impl Output {
+    /// A decision line, shown with `-v` (and `--dry-run`).
+    pub fn info(&self, line: fmt::Arguments) {
+        if self.verbosity == Verbosity::Verbose {
+            emit(&line.to_string());
+        }
+    }
+
+    /// A line about something that went wrong, shown unless `-q`.
+    pub fn report(&self, line: fmt::Arguments) {
+        if self.verbosity != Verbosity::Quiet {
+            emit(&line.to_string());
+        }
+    }
+}
+
+/// Writes the line with the program prefix in one write, so lines of concurrent runs don't mix.
+fn emit(line: &str) {
+    let line = format!("deltapush-mda: {line}\n");
+    // Nowhere to report a failure to write to stderr.
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// What to do about one token now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    Post,
+    /// The interval (or a pause the relay asked for) ends then.
+    Wait(SystemTime),
+    /// The relay answered 410 then.
+    Gone(SystemTime),
+}
+
+pub fn decide(state: &State, now: SystemTime, interval: Duration) -> Decision {
+    if let Some(since) = state.gone_since(now) {
+        return Decision::Gone(since);
+    }
+    match state.next_post(now, interval) {
+        Some(until) => Decision::Wait(until),
+        None => Decision::Post,
+    }
+}
+
+/// What a POST's answer means for the token's state. Returns the line to report, if any.
+pub fn apply(state: &mut State, answer: &Answer, token: &Token, now: SystemTime) -> Option<String> {
+    match answer {
+        Answer::Delivered(_) => {
+            state.notified = Some(now);
+            state.pending = None;
+            state.paused = None;
+            None
+        }
+        Answer::Gone => {
+            state.gone = Some(now);
+            state.pending = None;
+            state.forget();
+            Some(gone_line(token, now))
+        }
+        Answer::Pause(wait) => {
+            state.paused = Some(now + (*wait).min(MAX_PAUSE));
+            None
+        }
+        Answer::Refused(_) => Some(format!("token {token}: {}", answer.why_not()?)),
+        Answer::Unavailable(detail) => Some(format!(
+            "token {token}: not notified: {detail}; the next message will try again"
+        )),
+    }
+}
+
+pub fn gone_line(token: &Token, since: SystemTime) -> String {
+    format!(
+        "token {token}: gone since {} (the relay answered 410); copy the current token from \
+         Delta Chat: Settings → Advanced → View Log",
+        humantime::format_rfc3339_seconds(since)
+    )
+}
+
+pub fn deferred_failure_line(token: &Token, at: SystemTime, why: &str) -> String {
+    format!(
+        "token {token}: the deferred wakeup of {} was not sent: {why}",
+        humantime::format_rfc3339_seconds(at)
+    )
+}
+
+/// Whole seconds, rounded up: "deferred by 0 s" would read as a bug.
+pub fn secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// Reads the decision off the message, then handles every token.
+pub fn deliver(config: &Config, header: Option<&[u8]>, out: &Output) -> Result<Outcome> {
+    let started = Instant::now();
+    if let Some(header) = header
+        && let Some(skip) = config.rules.skip(&message::summarize(header), unix_now())
+    {
+        out.info(format_args!("skipped: {skip}"));
+        return Ok(Outcome::Done);
+    }
+    let dry = config.mode == Mode::DryRun;
+    let cache = Cache::open(&config.cache_dir, !dry)?;
+    let deadline = started + config.timeout;
+    let tokens = if config.remember {
+        remember(&cache, config, deadline, dry)?
+    } else {
+        config.tokens.clone()
+    };
+    if tokens.is_empty() {
+        return Err(Error::NoToken);
+    }
+    let mut relay = Relay::new(&config.url, deadline);
+    let mut outcome = Outcome::Done;
+    for token in &tokens {
+        let notified = match dry {
+            true => dry_run(&cache, token, config, out),
+            false => notify(&cache, &mut relay, token, config, out, deadline)?,
+        };
+        if !notified {
+            outcome = Outcome::NotNotified;
+        }
+    }
+    Ok(outcome)
+}
+
+/// Posts, defers or reports one token under its lock. `false` when it was not notified.
+fn notify(
+    cache: &Cache,
+    relay: &mut Relay,
+    token: &Token,
+    config: &Config,
+    out: &Output,
+    deadline: Instant,
+) -> Result<bool> {
+    let Some(mut locked) = cache.lock(token, deadline)? else {
+        out.report(format_args!(
+            "token {token}: another deltapush-mda held its lock for all of --timeout"
+        ));
+        return Ok(false);
+    };
+    let now = SystemTime::now();
+    // A deferred sender cannot report through an exit status: it left its line here.
+    if let Some((at, why)) = locked.state.failed.take() {
+        out.report(format_args!("{}", deferred_failure_line(token, at, &why)));
+        locked.save()?;
+    }
+    match decide(&locked.state, now, config.interval) {
+        Decision::Gone(since) => {
+            out.report(format_args!("{}", gone_line(token, since)));
+            Ok(true)
+        }
+        Decision::Wait(until) => defer(cache, &mut locked, token, config, out, now, until),
+        Decision::Post => {
+            let answer = relay.notify(token);
+            let now = SystemTime::now();
+            let line = apply(&mut locked.state, &answer, token, now);
+            if let Answer::Pause(_) = answer
+                && let Some(until) = locked.state.next_post(now, config.interval)
+            {
+                return defer(cache, &mut locked, token, config, out, now, until);
+            }
+            locked.save()?;
+            match (answer, line) {
+                (Answer::Delivered(status), _) => {
+                    out.info(format_args!("token {token}: notified: {status}"));
+                    Ok(true)
+                }
+                (Answer::Gone, Some(line)) => {
+                    out.report(format_args!("{line}"));
+                    Ok(true)
+                }
+                (_, line) => {
+                    out.report(format_args!("{}", line.unwrap_or_default()));
+                    Ok(false)
+                }
+            }
+        }
+    }
+}
+
+/// Leaves the message's wakeup to the token's deferred sender, starting one if none waits.
+fn defer(
+    cache: &Cache,
+    locked: &mut Locked,
+    token: &Token,
+    config: &Config,
+    out: &Output,
+    now: SystemTime,
+    until: SystemTime,
+) -> Result<bool> {
+    let left = until.duration_since(now).unwrap_or_default();
+    if config.interval.is_zero() {
+        locked.save()?;
+        out.report(format_args!(
+            "token {token}: not notified: the relay asked for a pause of {} s more; \
+             the next message after it will try again",
+            secs(left)
+        ));
+        return Ok(false);
+    }
+    locked.state.pending.get_or_insert(now);
+    locked.save()?;
+    if let Some(waiter) = cache.claim_waiter(token)?
+        && let Err(e) = deferral::start(config, token, waiter)
+    {
+        out.report(format_args!(
+            "token {token}: not notified: the deferred sender did not start: {e}; \
+                 the next message will try again"
+        ));
+        return Ok(false);
+    }
+    out.info(format_args!("token {token}: deferred by {} s", secs(left)));
+    Ok(true)
+}
+
+/// What a run would do, said and not done.
+fn dry_run(cache: &Cache, token: &Token, config: &Config, out: &Output) -> bool {
+    let now = SystemTime::now();
+    match decide(&cache.peek(token), now, config.interval) {
+        Decision::Gone(since) => {
+            out.info(format_args!("{} (dry run)", gone_line(token, since)));
+        }
+        Decision::Wait(until) => {
+            let left = secs(until.duration_since(now).unwrap_or_default());
+            out.info(format_args!(
+                "token {token}: would defer by {left} s (dry run)"
+            ));
+        }
+        Decision::Post => {
+            out.info(format_args!(
+                "token {token}: would notify {} (dry run)",
+                config.url
+            ));
+        }
+    }
+    true
+}
+
+/// Records the tokens given as seen, forgets the stale ones, and returns every token to notify:
+/// those given, then the other remembered ones.
+fn remember(cache: &Cache, config: &Config, deadline: Instant, dry: bool) -> Result<Vec<Token>> {
+    let now = SystemTime::now();
+    if !dry {
+        for token in &config.tokens {
+            let Some(mut locked) = cache.lock(token, deadline)? else {
+                continue;
+            };
+            // A token the relay called dead is not taken back while it is.
+            if locked.state.gone_since(now).is_none() {
+                locked.state.token = Some(token.as_str().to_string());
+                locked.state.seen = Some(now);
+                locked.save()?;
+            }
+        }
+    }
+    let mut tokens = config.tokens.clone();
+    for (token, state) in cache.remembered() {
+        if tokens.contains(&token) {
+            continue;
+        }
+        if state.is_remembered(now) && state.gone_since(now).is_none() {
+            tokens.push(token);
+        } else if !dry && let Some(mut locked) = cache.lock(&token, deadline)? {
+            locked.state.forget();
+            locked.save()?;
+        }
+    }
+    Ok(tokens)
+}
+
+pub fn unix_now() -> i64 {
+    match SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let s = Duration::from_secs;
+        let i = s(10);
+        assert_eq!(decide(&State::default(), now, i), Decision::Post);
+        let recent = State {
+            notified: Some(now - s(3)),
+            ..State::default()
+        };
+        assert_eq!(decide(&recent, now, i), Decision::Wait(now + s(7)));
+        assert_eq!(decide(&recent, now, Duration::ZERO), Decision::Post);
+        let gone = State {
+            gone: Some(now - s(60)),
+            ..recent.clone()
+        };
+        assert_eq!(decide(&gone, now, i), Decision::Gone(now - s(60)));
+    }
+
+    #[test]
+    fn answers_change_the_state() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let t = Token::parse("fcm-x:SECRET").unwrap();
+        let mut st = State {
+            pending: Some(now),
+            token: Some("fcm-x:SECRET".into()),
+            seen: Some(now),
+            ..State::default()
+        };
+        assert_eq!(apply(&mut st, &Answer::Delivered(200), &t, now), None);
+        assert_eq!((st.notified, st.pending), (Some(now), None));
+
+        let line = apply(&mut st, &Answer::Pause(Duration::from_secs(7200)), &t, now);
+        assert_eq!((line, st.paused), (None, Some(now + MAX_PAUSE)));
+
+        let line = apply(&mut st, &Answer::Gone, &t, now).unwrap();
+        assert_eq!((st.gone, st.token.as_deref()), (Some(now), None));
+        assert!(
+            line.starts_with(&format!("token {t}: gone since ")),
+            "{line}"
+        );
+        assert!(!line.contains("SECRET"));
+
+        let line = apply(&mut st, &Answer::Unavailable("x".into()), &t, now).unwrap();
+        assert_eq!(
+            line,
+            format!("token {t}: not notified: x; the next message will try again")
+        );
+    }
+
+    #[test]
+    fn seconds_round_up() {
+        assert_eq!(secs(Duration::from_millis(1)), 1);
+        assert_eq!(secs(Duration::from_secs(7)), 7);
+        assert_eq!(secs(Duration::ZERO), 0);
+    }
+}
