@@ -535,3 +535,70 @@ fn a_hung_relay_holds_delivery_for_less_than_8_s() {
     );
     assert!(!site.server.log().contains(&token[8..40]));
 }
+
+#[test]
+fn debian_conf_d_takes_the_fragment_as_shipped() {
+    // A copy of the stock /etc/dovecot of the installed package, with the file added as the
+    // README says: the files that sort after it (90-sieve.conf, ...) must leave it in force.
+    let etc = Path::new("/etc/dovecot");
+    assert!(
+        etc.join("conf.d").is_dir(),
+        "no /etc/dovecot/conf.d: run `sudo .ci/setup`"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let conf_d = dir.path().join("conf.d");
+    fs::create_dir(&conf_d).unwrap();
+    fs::copy(etc.join("dovecot.conf"), dir.path().join("dovecot.conf")).unwrap();
+    for entry in fs::read_dir(etc.join("conf.d")).unwrap() {
+        let path = entry.unwrap().path();
+        fs::copy(&path, conf_d.join(path.file_name().unwrap())).unwrap();
+    }
+    fs::write(
+        conf_d.join("90-deltapush.conf"),
+        render("dovecot/90-deltapush.conf", &[]),
+    )
+    .unwrap();
+
+    let doveconf = require("doveconf");
+    let setting = |filter: Option<&str>, name: &str| {
+        let mut cmd = std::process::Command::new(&doveconf);
+        cmd.arg("-c").arg(dir.path().join("dovecot.conf")).arg("-h");
+        if let Some(f) = filter {
+            cmd.args(["-f", f]);
+        }
+        let out = cmd.arg(name).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "{name}: {stderr}"
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let words = |s: String| -> Vec<String> { s.split_whitespace().map(str::to_string).collect() };
+    for protocol in ["protocol=lmtp", "protocol=lda"] {
+        assert!(
+            words(setting(Some(protocol), "mail_plugins")).contains(&"sieve".to_string()),
+            "{protocol}"
+        );
+    }
+    assert_eq!(
+        setting(Some("protocol=imap"), "imap_capability"),
+        "+XDELTAPUSH"
+    );
+    let want = [
+        ("imap_metadata", "yes"),
+        ("mail_attribute_dict", "file:%h/dovecot-attributes"),
+        ("plugin/sieve_plugins", "sieve_extprograms"),
+        (
+            "plugin/sieve_global_extensions",
+            "+vnd.dovecot.execute +mboxmetadata",
+        ),
+        ("plugin/sieve_before", SCRIPT),
+        ("plugin/sieve_execute_bin_dir", EXEC_DIR),
+        // Debian's own setting for the users' scripts stays.
+        ("plugin/sieve", "file:~/sieve;active=~/.dovecot.sieve"),
+    ];
+    for (name, value) in want {
+        assert_eq!(setting(None, name), value, "{name}");
+    }
+}
