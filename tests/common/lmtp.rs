@@ -29,8 +29,9 @@ impl Conn {
 
     fn send(&mut self, bytes: &[u8]) {
         self.writer.write_all(bytes).unwrap();
-        let shown = String::from_utf8_lossy(bytes);
-        let shown: String = shown.chars().take(200).collect();
+        // Enough to see the command, too little to show a token it carries.
+        let first = bytes.split(|&b| b == b'\r').next().unwrap_or_default();
+        let shown: String = String::from_utf8_lossy(first).chars().take(50).collect();
         self.transcript.push_str(&format!("C: {shown}\n"));
     }
 
