@@ -26,8 +26,9 @@ pub const TOKEN_PLACES: &[(&str, &str, &str)] = &[
 
 /// The `--help` epilogue: where the token is, the exit statuses, a getmail destination.
 pub fn after_help() -> String {
-    let mut text =
-        String::from("Where the token is: in Delta Chat, Settings → Advanced → View Log, near the top:\n");
+    let mut text = String::from(
+        "Where the token is: in Delta Chat, Settings → Advanced → View Log, near the top:\n",
+    );
     for (platform, line, note) in TOKEN_PLACES {
         match line.is_empty() {
             true => text.push_str(&format!("  {platform:<8} {note}\n")),
