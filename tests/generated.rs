@@ -139,6 +139,7 @@ fn man_page_says_where_the_token_is() {
             "{section}"
         );
         assert!(section.contains(&xtask::roff(line)), "{line}: {section}");
+        // Past its first letter, which a note standing alone starts in upper case.
         assert!(
             section.contains(&xtask::roff(&note[1..])),
             "{note}: {section}"
