@@ -5,7 +5,7 @@
 # or a crash fails the script in every mode, a missed target only with --strict.
 #
 # usage: bench/run.sh [--quick] [--strict] [--out FILE]
-#   (default)  full run, a few minutes; writes docs/benchmarks.md
+#   (default)  full run, a few minutes; writes doc/benchmarks.md
 #   --quick    few runs, for CI: correctness is checked in full, timings are reported, not gated;
 #              writes target/bench/benchmarks-quick.md unless --out is given
 #   --strict   exit 2 when a target is missed
@@ -30,7 +30,7 @@ if $quick; then
   out=${out:-target/bench/benchmarks-quick.md}
   warmup=5 runs=30 pipe_runs=3 seq_n=100 seq_runs=3
 else
-  out=${out:-docs/benchmarks.md}
+  out=${out:-doc/benchmarks.md}
   warmup=50 runs=300 pipe_runs=10 seq_n=1000 seq_runs=10
 fi
 notify_runs=$((runs / 3)) # each notify run is a round trip: fewer suffice
