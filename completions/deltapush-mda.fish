@@ -1,10 +1,11 @@
 complete -c deltapush-mda -l token-file -d 'Read tokens from this file, one per line; blank lines and # comments are ignored' -r -F
 complete -c deltapush-mda -l url -d 'Notification relay; plain http:// only to a loopback host' -r -f
-complete -c deltapush-mda -l interval -d 'Notify each token at most once per this interval, e.g. 10s or "1m 30s"; 0 turns the limit off' -r -f
+complete -c deltapush-mda -l interval -d 'Post each token at most once per this interval, e.g. 10s or "1m 30s"; 0 turns the limit off' -r -f
 complete -c deltapush-mda -l timeout -d 'Network budget for the whole run: all tokens and all retries' -r -f
-complete -c deltapush-mda -l cache-dir -d 'Where the per-token stamps live [default: $XDG_CACHE_HOME/deltapush-mda or ~/.cache/deltapush-mda]' -r -f -a "(__fish_complete_directories)"
+complete -c deltapush-mda -l cache-dir -d 'Where the per-token state lives [default: $XDG_CACHE_HOME/deltapush-mda or ~/.cache/deltapush-mda]' -r -f -a "(__fish_complete_directories)"
 complete -c deltapush-mda -l skip-from -d 'Skip mail from this address (your own, so mail from your other devices stays quiet); repeatable or comma-separated' -r -f
 complete -c deltapush-mda -l max-age -d 'Skip mail whose Date is older than this, e.g. 1h; a missing or bad Date counts as new. Delta Chat shifts Date by a few minutes, so keep this above 10m' -r -f
+complete -c deltapush-mda -l remember -d 'Remember every token given, and notify all remembered tokens of this cache dir each time; a token is forgotten after 90 days without being given, or once the relay says it is gone'
 complete -c deltapush-mda -l dry-run -d 'Decide and report what would be done, one line per token; send nothing, write nothing'
 complete -c deltapush-mda -l tempfail -d 'Exit 75 (EX_TEMPFAIL) when a token could not be notified, so the caller retries the mail'
 complete -c deltapush-mda -l only-chat -d 'Notify only for Delta Chat messages (those with a Chat-Version header)'

@@ -103,7 +103,7 @@ fn check_cache(config: &Config, r: &mut Report) {
 /// What the token state says about one token, one line each.
 fn token_lines(t: &Token, state: &State, config: &Config, now: SystemTime, r: &mut Report) {
     if let Some(since) = state.gone_since(now) {
-        return r.fail(exit::CONFIG, &gone_line(t, since));
+        return r.fail(exit::USAGE, &gone_line(t, since));
     }
     if let Some((at, why)) = &state.failed {
         r.fail(exit::UNAVAILABLE, &deferred_failure_line(t, *at, why));

@@ -1,4 +1,4 @@
-//! `cargo xtask gen`: regenerate the man page and shell completions from src/cli.rs.
+//! `cargo xtask gen`: regenerate the man page, shell completions and README tables from their data.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -7,7 +7,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args != ["gen"] {
         eprintln!(
-            "usage: cargo xtask gen   (writes doc/deltapush-mda.1, completions/* and README.md's option table)"
+            "usage: cargo xtask gen   (writes doc/deltapush-mda.1, completions/* and README.md's tables)"
         );
         return ExitCode::from(64);
     }

@@ -1,0 +1,152 @@
+//! `--remember`: every device that registers a token keeps getting push. Tokens given are kept in
+//! the cache dir and every run notifies all of them; 90 days without being given, or a 410,
+//! forgets a token. Dovecot's Sieve uses this (tests/dovecot.rs drives the real thing).
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{PLAIN, Relay, Reply, Sandbox, sha256_hex, shown, token};
+
+/// Rewrites one `KEY TIME` line of a token state, as if it had been written `ago` earlier.
+fn backdate(path: &std::path::Path, key: &str, ago: Duration) {
+    let secs = (SystemTime::now() - ago)
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let text = fs::read_to_string(path).unwrap();
+    assert!(text.contains(&format!("\n{key} ")), "{text}");
+    let text: String = text
+        .lines()
+        .map(|l| match l.starts_with(&format!("{key} ")) {
+            true => format!("{key} {secs}.000\n"),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    fs::write(path, text).unwrap();
+}
+
+#[test]
+fn devices_that_register_in_turn_all_get_push() {
+    let sb = Sandbox::new();
+    let relay = Relay::start();
+    let (a, b) = (token(1), token(2));
+    for t in [&a, &b] {
+        let args = ["--remember", "--interval", "0", "--", t];
+        assert_eq!(
+            sb.deliver(&relay, PLAIN.as_ref(), &args),
+            (0, String::new())
+        );
+    }
+    // Phone A registered first, then B: the second delivery woke both, the given one first.
+    assert_eq!(relay.bodies(), [&a, &b, &a].map(|t| t.as_str()));
+
+    // The token is kept in its own state file, private, never in a file name.
+    let state = sb.cache_dir().join(sha256_hex(a.as_bytes()));
+    assert_eq!(
+        fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    for entry in fs::read_dir(sb.cache_dir()).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert!(!name.contains("openpgp"), "{name}");
+    }
+
+    // --check lists them by kind and fingerprint only.
+    let out = sb
+        .cmd()
+        .args(["--check", "--remember", "--url", &relay.url])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    for t in [&a, &b] {
+        assert!(
+            stdout.contains(&format!("ok    token {}: last notified ", shown(t))),
+            "{stdout}"
+        );
+        assert!(!stdout.contains(t.as_str()));
+    }
+    assert_eq!(
+        stdout.matches("; remembered, last given ").count(),
+        2,
+        "{stdout}"
+    );
+    // Without --remember, a run notifies only what it is given.
+    assert_eq!(
+        sb.deliver(&relay, PLAIN.as_ref(), &["--interval", "0", &b]),
+        (0, String::new())
+    );
+    // (The empty body is the GET of --check.)
+    assert_eq!(relay.bodies(), [&a, &b, &a, "", &b]);
+}
+
+#[test]
+fn a_token_not_given_for_90_days_is_forgotten() {
+    let sb = Sandbox::new();
+    let relay = Relay::start();
+    let (old, new) = (token(3), token(4));
+    sb.deliver(
+        &relay,
+        PLAIN.as_ref(),
+        &["--remember", "--interval", "0", &old],
+    );
+    let state = sb.cache_dir().join(sha256_hex(old.as_bytes()));
+    backdate(&state, "seen", Duration::from_secs(90 * 24 * 3600 + 60));
+    assert_eq!(
+        sb.deliver(
+            &relay,
+            PLAIN.as_ref(),
+            &["--remember", "--interval", "0", &new]
+        ),
+        (0, String::new())
+    );
+    assert_eq!(relay.bodies(), [&old, &new].map(|t| t.as_str()));
+    // Forgotten for good: the token is gone from its state file.
+    assert!(!fs::read_to_string(&state).unwrap().contains(old.as_str()));
+    sb.deliver(
+        &relay,
+        PLAIN.as_ref(),
+        &["--remember", "--interval", "0", &new],
+    );
+    assert_eq!(relay.bodies(), [&old, &new, &new].map(|t| t.as_str()));
+}
+
+#[test]
+fn a_gone_token_is_forgotten() {
+    let sb = Sandbox::new();
+    let relay = Relay::scripted(Reply::Status(200), []);
+    let (dead, alive) = (token(5), token(6));
+    sb.deliver(
+        &relay,
+        PLAIN.as_ref(),
+        &["--remember", "--interval", "0", &dead],
+    );
+    relay.set_default(Reply::Status(410));
+    let (code, stderr) = sb.deliver(
+        &relay,
+        PLAIN.as_ref(),
+        &["--remember", "--interval", "0", &alive],
+    );
+    assert_eq!(code, 0);
+    // The new token was answered 410 too (the relay's default): both lines, nothing else.
+    assert_eq!(stderr.lines().count(), 2, "{stderr}");
+    relay.set_default(Reply::Status(200));
+    let state = sb.cache_dir().join(sha256_hex(dead.as_bytes()));
+    assert!(!fs::read_to_string(&state).unwrap().contains(dead.as_str()));
+    let third = token(7);
+    assert_eq!(
+        sb.deliver(
+            &relay,
+            PLAIN.as_ref(),
+            &["--remember", "--interval", "0", &third]
+        ),
+        (0, String::new())
+    );
+    // Neither dead token was posted again.
+    assert_eq!(
+        relay.bodies(),
+        [&dead, &alive, &dead, &third].map(|t| t.as_str())
+    );
+}
