@@ -12,6 +12,7 @@ Each case first checks that the relay got exactly the posts it should.
 usage: dovecot.py BINARY OUT.md [--quick]
 """
 
+import multiprocessing
 import os
 import pwd
 import re
@@ -41,33 +42,34 @@ def die(msg):
     sys.exit(1)
 
 
+# Clients and the relay run as processes of their own, as a mail server and the real relay
+# would: threads of this one would wait on each other for Python's interpreter lock.
+MP = multiprocessing.get_context("fork")
+
+
 class Relay:
-    """The stand-in relay: answers 200 to every POST and notes when each body arrived."""
+    """The stand-in relay, a process of its own: answers 200 to every POST and notes when each
+    body arrived (CLOCK_MONOTONIC, the same clock in every process)."""
 
     def __init__(self):
         self.cond = threading.Condition()
         self.posts = []  # (monotonic time, body)
-        relay = self
+        queue, ready = MP.Queue(), MP.Queue()
+        self.proc = MP.Process(target=serve_relay, args=(queue, ready), daemon=True)
+        self.proc.start()
+        self.url = f"http://127.0.0.1:{ready.get(timeout=10)}/notify"
+        threading.Thread(target=self.collect, args=(queue,), daemon=True).start()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    def collect(self, queue):
+        while True:
+            post = queue.get()
+            with self.cond:
+                self.posts.append(post)
+                self.cond.notify_all()
 
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with relay.cond:
-                    relay.posts.append((time.monotonic(), body.decode()))
-                    relay.cond.notify_all()
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/notify"
+    def stop(self):
+        self.proc.terminate()
+        self.proc.join()
 
     def count(self, body=None):
         with self.cond:
@@ -80,6 +82,26 @@ class Relay:
             if not self.cond.wait_for(lambda: len(times()) >= n, timeout=limit):
                 die(f"the relay got {len(times())} posts of a token, expected {n} within {limit} s")
             return times()[n - 1]
+
+
+def serve_relay(queue, ready):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            queue.put((time.monotonic(), body.decode()))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    ready.put(server.server_address[1])
+    server.serve_forever()
 
 
 def free_port():
@@ -280,33 +302,29 @@ def fmt_ms(seconds):
 
 
 def rate(dovecot, users, per_conn, conns):
-    """Deliveries per second: `per_conn` messages on each of `conns` connections, round robin
-    over `users`; checks that every one was stored."""
+    """Deliveries per second: `per_conn` messages on each of `conns` connections at once, each
+    connection a process, round robin over `users`; checks that every one was stored."""
     stored_before = {u: dovecot.stored(u) for u in set(users)}
-    barrier = threading.Barrier(conns + 1)
-    errors = []
+    barrier = MP.Barrier(conns + 1)
 
     def worker(k):
-        try:
-            conn = dovecot.lmtp()
-            barrier.wait()
-            for i in range(per_conn):
-                dovecot.deliver(conn, i, users[(k * per_conn + i) % len(users)])
-            conn.quit()
-        except BaseException as e:  # reported below, after the others finished
-            errors.append(e)
-            barrier.abort()
+        conn = dovecot.lmtp()
+        barrier.wait(30)
+        for i in range(per_conn):
+            dovecot.deliver(conn, i, users[(k * per_conn + i) % len(users)])
+        conn.quit()
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(conns)]
-    for t in threads:
-        t.start()
-    barrier.wait()
+    procs = [MP.Process(target=worker, args=(k,)) for k in range(conns)]
+    for p in procs:
+        p.start()
+    barrier.wait(30)
     start = time.monotonic()
-    for t in threads:
-        t.join()
+    for p in procs:
+        p.join()
     took = time.monotonic() - start
-    if errors:
-        die(f"delivery failed: {errors[0]!r}")
+    failed = [p.exitcode for p in procs if p.exitcode != 0]
+    if failed:
+        die(f"a delivering process failed (exit {failed[0]})")
     total = per_conn * conns
     stored = sum(dovecot.stored(u) - stored_before[u] for u in set(users))
     if stored != total:
@@ -360,7 +378,7 @@ def main():
     work = tempfile.mkdtemp(prefix="deltapush-bench-dovecot-")
     os.chmod(work, 0o755)
     servers = []
-    getmail = None
+    getmail = relay = None
     try:
         relay = Relay()
         ca = make_ca(os.path.join(work, "ca"))
@@ -509,6 +527,8 @@ def main():
             getmail.wait()
         for s in servers:
             s.stop()
+        if relay is not None:
+            relay.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     def row(name, values):
@@ -555,7 +575,8 @@ through IMAP IDLE, which Dovecot reports in batches of about half a second.
 
 ## LMTP deliveries per second
 
-A small message, {per_conn} deliveries one after the other on each connection; the median of
+A small message, {per_conn} deliveries one after the other on each connection (each connection a
+client process of its own); the median of
 {rounds} rounds, in which the servers take turns. In brackets: the share of the stock rate.
 
 | server | 1 connection | 4 connections at once |
