@@ -396,6 +396,19 @@ def main():
         fragment = render(
             "dovecot/90-deltapush.conf", [(SCRIPT, 3, script), (EXEC_DIR, 3, exec_dir)]
         )
+        # For comparison, what Dovecot's execute costs by itself: the same script running, in
+        # place of deltapush-mda, a program that only reads the message.
+        drain = os.path.join(work, "bin", "drain")
+        with open(drain, "w") as f:
+            f.write("#!/bin/sh\nexec cat >/dev/null\n")
+        os.chmod(drain, 0o755)
+        os.symlink(drain, os.path.join(exec_dir, "drain"))
+        drain_script = os.path.join(work, "sieve", "drain.sieve")
+        text, n = re.subn(r'"deltapush-mda" \[[^]]*\]', '"drain"', open(script).read())
+        if n != 1:
+            die("examples/dovecot/deltapush.sieve: the execute line is not where it was")
+        with open(drain_script, "w") as f:
+            f.write(text)
 
         # Three servers side by side, measured in turns so that the load of a shared machine
         # falls on all of them alike: stock, Sieve without any script, and this setup.
@@ -414,6 +427,10 @@ def main():
         )
         servers.append(dc)
         dc.tool("sievec", script)
+        drain_conf = fragment.replace(script, drain_script)
+        drainer = Dovecot(work, "drain", ["plain"], [("90-deltapush.conf", drain_conf)], ca)
+        servers.append(drainer)
+        drainer.tool("sievec", drain_script)
         # Every mailbox has had mail before, as a real one has: a first delivery also creates
         # the Maildir and its index, which is not what is measured.
         for server in servers:
@@ -421,6 +438,8 @@ def main():
         prewarm(dc, every_users + burst_users)
         # One token for many users: each has a cache dir of its own, so each posts on its own.
         every, burst, idle = token(1), token(2), token(3)
+        drainer.tool("doveadm", "mailbox", "metadata", "set", "-u", "plain@example.org",
+                     "INBOX", "/private/devicetoken", every)
         for pattern, t in (("t*", every), ("b*", burst)):
             dc.tool("doveadm", "mailbox", "metadata", "set", "-u", f"{pattern}@example.org",
                     "INBOX", "/private/devicetoken", t)
@@ -451,6 +470,10 @@ def main():
             (
                 "this setup, a burst to one user (1 POST, 1 deferred wakeup)",
                 lambda c: rate(dc, [next(bursts)], per_conn, c),
+            ),
+            (
+                "this setup running `cat >/dev/null` instead (for comparison)",
+                lambda c: rate(drainer, ["plain"], per_conn, c),
             ),
         ]
         rates = {name: {c: [] for c in CONNS} for name, _ in cases}
