@@ -11,6 +11,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
@@ -39,8 +40,7 @@ fn legacy_state(sb: &Sandbox, tok: &str, last: SystemTime) {
 #[test]
 fn rate_limit_inside_the_interval_and_after_it() {
     let _guard = timing();
-    let relay = Relay::start();
-    let sb = Sandbox::new();
+    let (sb, relay) = Sandbox::with_relay();
     let t = token(8);
     assert_eq!(sb.deliver(&relay, PLAIN, &[&t]), (0, String::new()));
     let (code, err) = sb.deliver(&relay, PLAIN, &["-v", "--interval", "1m", &t]);
@@ -76,8 +76,7 @@ fn rate_limit_inside_the_interval_and_after_it() {
 /// A last POST an hour in the future means the clock was set back: it has expired.
 #[test]
 fn state_from_the_future_has_expired() {
-    let relay = Relay::start();
-    let sb = Sandbox::new();
+    let (sb, relay) = Sandbox::with_relay();
     let t = token(10);
     legacy_state(&sb, &t, SystemTime::now() + Duration::from_secs(3600));
     assert_eq!(sb.deliver(&relay, PLAIN, &[&t]), (0, String::new()));
@@ -86,8 +85,7 @@ fn state_from_the_future_has_expired() {
 
 #[test]
 fn cache_dir_option_and_env() {
-    let relay = Relay::start();
-    let sb = Sandbox::new();
+    let (sb, relay) = Sandbox::with_relay();
     let t = token(20);
     let (by_option, by_env) = (sb.home.path().join("a/b"), sb.home.path().join("c/d"));
     let d = by_option.display().to_string();
@@ -107,8 +105,7 @@ fn cache_dir_option_and_env() {
 
 #[test]
 fn no_home_and_no_cache_dir() {
-    let relay = Relay::start();
-    let sb = Sandbox::new();
+    let (sb, relay) = Sandbox::with_relay();
     let mut cmd = sb.command();
     cmd.env_remove("HOME")
         .env_remove("XDG_CACHE_HOME")
@@ -140,8 +137,7 @@ fn no_home_and_no_cache_dir() {
 /// created anywhere else, whatever the working directory.
 #[test]
 fn path_like_tokens_stay_in_the_cache_dir() {
-    let sb = Sandbox::new();
-    let relay = Relay::start();
+    let (sb, relay) = Sandbox::with_relay();
     let deep = sb.home.path().join("a/b/c");
     fs::create_dir_all(&deep).unwrap();
     let outside = tempfile::tempdir().unwrap();
@@ -178,8 +174,7 @@ fn path_like_tokens_stay_in_the_cache_dir() {
 
 #[test]
 fn unusable_cache_dirs() {
-    let sb = Sandbox::new();
-    let relay = Relay::start();
+    let (sb, relay) = Sandbox::with_relay();
     let tok = token(72);
     let home = sb.home.path();
     let elsewhere = home.join("elsewhere");
@@ -210,16 +205,24 @@ fn unusable_cache_dirs() {
     relay.assert_bodies(&[]);
 }
 
-#[test]
-fn read_only_cache_dir() {
-    if !in_own_mount_namespace("read_only_cache_dir") {
-        return;
+/// A sandbox, a relay and a tmpfs mounted with `options` in the sandbox, in a mount namespace
+/// of the test's own; `None` in the outer run, which only checks that the inner one passed.
+fn on_tmpfs(test: &str, options: &str) -> Option<(Sandbox, Relay, PathBuf, Tmpfs)> {
+    if !in_own_mount_namespace(test) {
+        return None;
     }
     let sb = Sandbox::new();
-    let relay = Relay::start();
+    let dir = sb.home.path().join("mnt");
+    let mount = Tmpfs::mount(&dir, options);
+    Some((sb, Relay::start(), dir, mount))
+}
+
+#[test]
+fn read_only_cache_dir() {
+    let Some((sb, relay, ro, _mount)) = on_tmpfs("read_only_cache_dir", "ro,mode=0700") else {
+        return;
+    };
     let tok = token(73);
-    let ro = sb.home.path().join("ro");
-    let _mount = Tmpfs::mount(&ro, "ro,mode=0700");
     let err = File::create(ro.join("probe")).unwrap_err();
     // Existing but read-only: the lock file cannot be created.
     let d = ro.display().to_string();
@@ -243,13 +246,10 @@ fn read_only_cache_dir() {
 /// not sent; a known token keeps working.
 #[test]
 fn full_disk() {
-    if !in_own_mount_namespace("full_disk") {
+    let options = "size=64k,nr_inodes=64,mode=0700";
+    let Some((sb, relay, disk, _mount)) = on_tmpfs("full_disk", options) else {
         return;
-    }
-    let sb = Sandbox::new();
-    let relay = Relay::start();
-    let disk = sb.home.path().join("disk");
-    let _mount = Tmpfs::mount(&disk, "size=64k,nr_inodes=64,mode=0700");
+    };
     let (old, new) = (token(74), token(75));
     let cache = disk.join("cache");
     let c = cache.display().to_string();
@@ -304,6 +304,19 @@ fn full_disk() {
 // ---------------------------------------------------------------------------------------------
 // Concurrent runs
 
+/// Arguments for a run that may wait long for the lock and posts a token at most once an hour.
+fn patient<'a>(relay: &'a Relay, tokens: &[&'a str]) -> Vec<&'a str> {
+    let wait = ["--url", &relay.url, "--interval", "1h", "--timeout", "60s"];
+    [&wait[..], tokens].concat()
+}
+
+/// Waits for every run: each exits 0 and says nothing.
+fn all_silent(runs: Vec<Running>) {
+    for run in runs {
+        assert_eq!(run.finish().said(), (0, ""));
+    }
+}
+
 /// Many runs at once for one token, while a slow relay keeps the first one's lock held: one
 /// POST, every run silent.
 #[test]
@@ -315,50 +328,28 @@ fn two_hundred_runs_at_once_make_one_post() {
         [Reply::Delay(Duration::from_millis(300), 200)],
     );
     let tok = token(50);
-    let args = [
-        "--url",
-        &relay.url,
-        "--interval",
-        "1h",
-        "--timeout",
-        "60s",
-        &tok,
-    ];
-    let runs: Vec<Running> = (0..200).map(|_| sb.start(&args, PLAIN)).collect();
-    for run in runs {
-        assert_eq!(run.finish().said(), (0, ""));
-    }
+    let args = patient(&relay, &[&tok]);
+    all_silent((0..200).map(|_| sb.start(&args, PLAIN)).collect());
     relay.assert_bodies(&[&tok]);
 }
 
 #[test]
 fn twenty_tokens_ten_runs_each() {
     let _guard = exclusive();
-    let sb = Sandbox::new();
-    let relay = Relay::start();
+    let (sb, relay) = Sandbox::with_relay();
     let tokens: Vec<String> = (100..120).map(token).collect();
     let mut runs = Vec::new();
     for round in 0..10 {
         for tok in &tokens {
             // Some runs carry two tokens, so their locks are taken one after the other.
-            let mut args = vec![
-                "--url",
-                &relay.url,
-                "--interval",
-                "1h",
-                "--timeout",
-                "60s",
-                tok,
-            ];
+            let mut these = vec![tok.as_str()];
             if round % 3 == 0 {
-                args.push(&tokens[(round * 7) % tokens.len()]);
+                these.push(&tokens[(round * 7) % tokens.len()]);
             }
-            runs.push(sb.start(&args, Input::Null));
+            runs.push(sb.start(&patient(&relay, &these), Input::Null));
         }
     }
-    for run in runs {
-        assert_eq!(run.finish().said(), (0, ""));
-    }
+    all_silent(runs);
     let mut got = relay.bodies();
     got.sort();
     let mut want = tokens.clone();
@@ -415,8 +406,7 @@ fn killed_while_holding_the_lock_blocks_nobody() {
 #[test]
 fn rate_limit_holds_across_interval_boundaries_under_load() {
     let _guard = exclusive();
-    let sb = Sandbox::new();
-    let relay = Relay::start();
+    let (sb, relay) = Sandbox::with_relay();
     let tok = token(52);
     let interval = Duration::from_millis(500);
     let args = [

@@ -42,6 +42,14 @@ impl World {
         }
     }
 
+    /// A world with a Dovecot, a relay, and a home for `token(n)`.
+    fn for_getmail(n: u32) -> (World, Relay, Dovecot, Home) {
+        let w = World::new();
+        let dc = w.dovecot();
+        let home = w.home("home", &token(n));
+        (w, Relay::start(), dc, home)
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         let p = self.dir.path().join(name);
         fs::create_dir_all(&p).unwrap();
@@ -289,10 +297,7 @@ fn count(bodies: &[String], token: &str) -> usize {
 /// nothing read. Without `imap_search` the first run would hand over every old, read message.
 #[test]
 fn getmail_hands_over_each_unread_message_once_and_leaves_it_unread() {
-    let w = World::new();
-    let relay = Relay::start();
-    let dc = w.dovecot();
-    let home = w.home("home", &token(1));
+    let (w, relay, dc, home) = World::for_getmail(1);
 
     // As shipped, the rc file checks the server's certificate: the system CAs reject ours.
     let system = PathBuf::from("/etc/ssl/certs/ca-certificates.crt");
@@ -378,10 +383,7 @@ fn getmail_hands_over_each_unread_message_once_and_leaves_it_unread() {
 
 #[test]
 fn getmail_idle_notifies_within_a_second() {
-    let w = World::new();
-    let relay = Relay::start();
-    let dc = w.dovecot();
-    let home = w.home("home", &token(3));
+    let (w, relay, dc, home) = World::for_getmail(3);
     home.put(
         ".config/getmail/deltapush",
         &getmailrc(&w, &dc, &home, None),
@@ -398,37 +400,34 @@ fn getmail_idle_notifies_within_a_second() {
             fs::read_to_string(home.path.join("idle.stderr")).unwrap_or_default()
         )
     };
-    let handed_over = |n: usize| {
+    // Delivers message n and waits for POST number `posts` and for getmail to record it; how
+    // long the POST took.
+    let message = |n: u32, posts: usize| {
+        dc.wait_idle(Duration::from_secs(5), output);
+        dc.deliver(&sized(n, 0));
+        let took = wait_for(Duration::from_secs(5), &format!("POST {posts}"), || {
+            relay.requests().len() == posts
+        });
         wait_for(
             Duration::from_secs(5),
             &format!("getmail handing over message {n}"),
-            || home.oldmail_lines() == n,
+            || home.oldmail_lines() == n as usize,
         );
+        took
     };
     dc.wait_idle(Duration::from_secs(20), output);
-
-    dc.deliver(&sized(1, 0));
-    let first = wait_for(Duration::from_secs(5), "the first POST", || {
-        relay.requests().len() == 1
-    });
-    println!("getmail --idle: delivery to POST {} ms", first.as_millis());
-    handed_over(1);
-
+    let first = message(1, 1);
     // A second message right after finds the token rate-limited.
-    dc.wait_idle(Duration::from_secs(5), output);
-    dc.deliver(&sized(2, 0));
-    handed_over(2);
+    message(2, 1);
     assert_eq!(relay.requests().len(), 1, "message 2 was not rate-limited");
-
     // Once the interval has passed since the last POST, the next message notifies.
     write_legacy_state(&home.state(), SystemTime::now() - Duration::from_secs(3600));
-    dc.wait_idle(Duration::from_secs(5), output);
-    dc.deliver(&sized(3, 0));
-    let third = wait_for(Duration::from_secs(5), "the POST for message 3", || {
-        relay.requests().len() == 2
-    });
-    println!("getmail --idle: delivery to POST {} ms", third.as_millis());
-    handed_over(3);
+    let third = message(3, 2);
+    println!(
+        "getmail --idle: delivery to POST {} ms and {} ms",
+        first.as_millis(),
+        third.as_millis()
+    );
 
     assert_eq!(
         getmail.exited(),

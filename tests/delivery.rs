@@ -20,8 +20,7 @@ use common::{
 
 #[test]
 fn plain_message_notifies_once_and_says_nothing() {
-    let sb = Sandbox::new();
-    let relay = Relay::start();
+    let (sb, relay) = Sandbox::with_relay();
     let t = token(1);
     assert_eq!(sb.deliver(&relay, PLAIN, &[&t]), (0, String::new()));
     let reqs = relay.requests();
@@ -38,16 +37,14 @@ fn plain_message_notifies_once_and_says_nothing() {
 
 #[test]
 fn verbose_says_what_it_did() {
-    let sb = Sandbox::new();
-    let relay = Relay::start();
+    let (sb, relay) = Sandbox::with_relay();
     let t = token(2);
     assert_eq!(sb.deliver(&relay, PLAIN, &["-v", &t]), (0, notified(&t)));
 }
 
 #[test]
 fn each_token_once_in_order() {
-    let relay = Relay::start();
-    let sb = Sandbox::new();
+    let (sb, relay) = Sandbox::with_relay();
     let (a, b) = (token(12), token(13));
     assert_eq!(sb.deliver(&relay, PLAIN, &[&a, &b, &a]), (0, String::new()));
     relay.assert_bodies(&[&a, &b]);
@@ -64,8 +61,7 @@ fn each_token_once_in_order() {
 /// most eight escaped characters of it.
 #[test]
 fn bad_tokens_are_refused_with_a_clear_line() {
-    let sb = Sandbox::new();
-    let relay = Relay::start();
+    let (sb, relay) = Sandbox::with_relay();
     let longest = "t".repeat(4096);
     assert_eq!(sb.deliver(&relay, PLAIN, &[&longest]), (0, String::new()));
     let cases = [
@@ -99,8 +95,7 @@ fn bad_tokens_are_refused_with_a_clear_line() {
 
 #[test]
 fn usage_errors() {
-    let relay = Relay::start();
-    let sb = Sandbox::new();
+    let (sb, relay) = Sandbox::with_relay();
     assert_eq!(sb.deliver(&relay, PLAIN, &[]), (64, line(NO_TOKEN)));
     assert_eq!(
         sb.deliver(&relay, PLAIN, &["--frobnicate", "tok"]),
@@ -118,8 +113,7 @@ fn usage_errors() {
 
 #[test]
 fn bad_token_files_are_refused_before_anything_is_sent() {
-    let sb = Sandbox::new();
-    let relay = Relay::start();
+    let (sb, relay) = Sandbox::with_relay();
     let dir = sb.home.path();
     let fifo = dir.join("fifo");
     let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
@@ -218,8 +212,7 @@ fn plain_http_only_to_loopback() {
 
 #[test]
 fn dry_run_sends_and_writes_nothing() {
-    let relay = Relay::start();
-    let sb = Sandbox::new();
+    let (sb, relay) = Sandbox::with_relay();
     let (a, b) = (token(21), token(22));
     let would = |t: &str| token_line(t, &format!("would notify {} (dry run)", relay.url));
     assert_eq!(

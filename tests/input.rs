@@ -17,7 +17,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use common::{Input, PLAIN, Relay, Run, Sandbox, data, exec, notified, token};
+use common::{Input, PLAIN, Run, Sandbox, data, exec, notified, token};
 use deltapush_mda::message::{read_header, summarize};
 
 /// The header read's bound, as in src/message.rs.
@@ -32,8 +32,7 @@ const MIB: usize = 1024 * 1024;
 
 #[test]
 fn terminal_stdin_means_no_message() {
-    let relay = Relay::start();
-    let sb = Sandbox::new();
+    let (sb, relay) = Sandbox::with_relay();
     let t = token(7);
     // script(1) gives the child a pty as stdin; without one the binary would wait for a mail.
     let inner = format!("{} --url {} -v '{t}'", common::bin().display(), relay.url,);
@@ -49,8 +48,7 @@ fn terminal_stdin_means_no_message() {
 /// Standard input closed altogether (fd 0 not open): no message, notify.
 #[test]
 fn stdin_closed() {
-    let sb = Sandbox::new();
-    let relay = Relay::start();
+    let (sb, relay) = Sandbox::with_relay();
     let tok = token(61);
     let mut cmd = sb.command();
     cmd.args(["--url", &relay.url, &tok]);
@@ -105,6 +103,7 @@ enum Decision {
     Notify,
     Skip,
 }
+use Decision::{Notify, Skip};
 
 /// Runs the binary under `/usr/bin/time`: the run and its peak RSS in KiB.
 fn run_measured(sb: &Sandbox, args: &[&str], input: Input) -> (Run, u64) {
@@ -126,8 +125,7 @@ fn run_measured(sb: &Sandbox, args: &[&str], input: Input) -> (Run, u64) {
 /// Runs one message and checks: the decision (via the relay), stderr empty, the writer saw no
 /// EPIPE, peak RSS within the bound. Returns the peak RSS in KiB.
 fn assert_message(name: &str, input: Input, want: Decision) -> u64 {
-    let sb = Sandbox::new();
-    let relay = Relay::start();
+    let (sb, relay) = Sandbox::with_relay();
     let tok = token(60);
     let (r, rss) = run_measured(&sb, &["--url", &relay.url, &tok], input);
     assert_eq!(r.said(), (0, ""), "{name}");
@@ -135,8 +133,8 @@ fn assert_message(name: &str, input: Input, want: Decision) -> u64 {
         panic!("{name}: the writer got {e}: the message was not drained");
     }
     match want {
-        Decision::Notify => relay.assert_bodies(&[&tok]),
-        Decision::Skip => relay.assert_bodies(&[]),
+        Notify => relay.assert_bodies(&[&tok]),
+        Skip => relay.assert_bodies(&[]),
     }
     // Shown with --nocapture, for the figures in the README.
     eprintln!("{name}: peak RSS {rss} KiB");
@@ -155,73 +153,74 @@ fn assert_message(name: &str, input: Input, want: Decision) -> u64 {
 fn baseline_rss() -> u64 {
     static BASELINE: OnceLock<u64> = OnceLock::new();
     *BASELINE.get_or_init(|| {
-        let sb = Sandbox::new();
-        let relay = Relay::start();
+        let (sb, relay) = Sandbox::with_relay();
         let (r, rss) = run_measured(&sb, &["--url", &relay.url, &token(62)], PLAIN.into());
         assert_eq!(r.said(), (0, ""));
         rss
     })
 }
 
+/// Runs each message with [`assert_message`].
+fn assert_messages(cases: Vec<(&str, Input, Decision)>) {
+    for (name, input, want) in cases {
+        assert_message(name, input, want);
+    }
+}
+
 #[test]
 fn big_random_and_nul_messages() {
-    assert_message("stdin /dev/null", Input::Null, Decision::Notify);
-    assert_message(
-        "10 MB random",
-        Input::Bytes(random_bytes(10_000_000, 0x9e37_79b9_7f4a_7c15)),
-        Decision::Notify,
-    );
-    assert_message(
-        "5 MB of NUL",
-        stream(b"", b"\0", 5 * MIB, b""),
-        Decision::Notify,
-    );
     // A header-looking line deep in the body does not count.
-    assert_message(
-        "20 MB body of Auto-Submitted lines",
-        stream(
-            PLAIN.as_bytes(),
-            b"Auto-Submitted: auto-replied and other filler text to make it long.....\n",
-            20 * MIB,
-            b"",
+    let filler = b"Auto-Submitted: auto-replied and other filler text to make it long.....\n";
+    assert_messages(vec![
+        ("stdin /dev/null", Input::Null, Notify),
+        (
+            "10 MB random",
+            random_bytes(10_000_000, 0x9e37_79b9_7f4a_7c15).into(),
+            Notify,
         ),
-        Decision::Notify,
-    );
+        ("5 MB of NUL", stream(b"", b"\0", 5 * MIB, b""), Notify),
+        (
+            "20 MB body of Auto-Submitted lines",
+            stream(PLAIN.as_bytes(), filler, 20 * MIB, b""),
+            Notify,
+        ),
+    ]);
 }
 
+/// A 50 MB header line without a newline; the cap cuts the value, not the decision.
 #[test]
 fn single_50mb_header_line() {
-    assert_message(
-        "50 MB header line, no newline",
-        stream(b"X-Long: ", b"a", 50_000_000, b""),
-        Decision::Notify,
-    );
-    // The cap cuts the value, not the decision.
-    assert_message(
-        "50 MB Auto-Submitted line",
-        stream(b"Auto-Submitted: auto-replied ", b"(x)", 50_000_000, b""),
-        Decision::Skip,
-    );
+    let auto = b"Auto-Submitted: auto-replied ";
+    assert_messages(vec![
+        (
+            "50 MB header line",
+            stream(b"X-Long: ", b"a", 50_000_000, b""),
+            Notify,
+        ),
+        (
+            "50 MB Auto-Submitted line",
+            stream(auto, b"(x)", 50_000_000, b""),
+            Skip,
+        ),
+    ]);
 }
 
+/// A bare CR does not end a line: all of it is the value of one header.
 #[test]
 fn bare_cr_and_nul_headers() {
-    // A bare CR does not end a line: all of it is the value of one header.
-    assert_message(
-        "bare CR line ends",
-        stream(
-            b"From: a@b\r",
-            b"X-A: b\r",
-            2 * MIB,
-            b"Auto-Submitted: auto-replied\r\r",
+    let auto = b"Auto-Submitted: auto-replied\r\r";
+    assert_messages(vec![
+        (
+            "bare CR line ends",
+            stream(b"From: a@b\r", b"X-A: b\r", 2 * MIB, auto),
+            Notify,
         ),
-        Decision::Notify,
-    );
-    assert_message(
-        "NUL in every header",
-        stream(b"From: a\0@b\n", b"X-\0: \0\n", MIB, b"\nbody"),
-        Decision::Notify,
-    );
+        (
+            "NUL in every header",
+            stream(b"From: a\0@b\n", b"X-\0: \0\n", MIB, b"\nbody"),
+            Notify,
+        ),
+    ]);
 }
 
 #[test]
@@ -231,22 +230,17 @@ fn a_hundred_thousand_headers() {
         writeln!(headers, "X-Header-{i}: value {i}").unwrap();
     }
     assert!(headers.len() > 2 * HEADER_CAP);
-    let mut first = b"Auto-Submitted: auto-generated\n".to_vec();
-    first.extend_from_slice(&headers);
-    first.extend_from_slice(b"\nbody\n");
-    assert_message(
-        "100000 headers, Auto-Submitted first",
-        Input::Bytes(first),
-        Decision::Skip,
-    );
-
-    let mut last = headers;
-    last.extend_from_slice(b"Auto-Submitted: auto-generated\n\nbody\n");
-    assert_message(
-        "100000 headers, Auto-Submitted last, beyond the cap",
-        Input::Bytes(last),
-        Decision::Notify,
-    );
+    let auto = b"Auto-Submitted: auto-generated\n";
+    let first = [auto, &headers[..], b"\nbody\n"].concat();
+    let last = [&headers[..], auto, b"\nbody\n"].concat();
+    assert_messages(vec![
+        ("100000 headers, Auto-Submitted first", first.into(), Skip),
+        (
+            "100000 headers, Auto-Submitted last, beyond the cap",
+            last.into(),
+            Notify,
+        ),
+    ]);
 }
 
 #[test]
@@ -258,73 +252,62 @@ fn auto_submitted_at_the_cap() {
     inside.push(b'\n');
     inside.extend_from_slice(header);
     assert_eq!(inside.len(), HEADER_CAP);
-    let mut beyond = inside.clone();
-    inside.extend_from_slice(b"\nbody\n");
-    assert_message(
-        "Auto-Submitted ending at the cap",
-        Input::Bytes(inside),
-        Decision::Skip,
-    );
-
     // One byte more of padding and the header starts inside but its value is cut short at
     // `auto-replie`: still an automatic value.
-    beyond.insert(10, b'p');
-    beyond.extend_from_slice(b"\nbody\n");
-    assert_message(
-        "Auto-Submitted cut by the cap",
-        Input::Bytes(beyond),
-        Decision::Skip,
-    );
-
+    let mut cut = inside.clone();
+    cut.insert(10, b'p');
     // Entirely beyond the cap: not looked at.
-    let mut after = b"X-Pad: ".to_vec();
-    after.resize(HEADER_CAP, b'p');
-    after.extend_from_slice(b"\nAuto-Submitted: auto-replied\n\nbody\n");
-    assert_message(
-        "Auto-Submitted beyond the cap",
-        Input::Bytes(after),
-        Decision::Notify,
-    );
+    let mut beyond = b"X-Pad: ".to_vec();
+    beyond.resize(HEADER_CAP, b'p');
+    beyond.extend_from_slice(b"\n");
+    beyond.extend_from_slice(header);
+    let body = |header: Vec<u8>| Input::from([header, b"\nbody\n".to_vec()].concat());
+    assert_messages(vec![
+        ("Auto-Submitted ending at the cap", body(inside), Skip),
+        ("Auto-Submitted cut by the cap", body(cut), Skip),
+        ("Auto-Submitted beyond the cap", body(beyond), Notify),
+    ]);
 }
 
+/// 30 MB of header lines and no blank line before EOF.
 #[test]
 fn header_block_that_never_ends() {
-    // 30 MB of header lines and no blank line before EOF.
-    assert_message(
-        "endless header block",
-        stream(b"From: a@b\n", b"X-A: b\n", 30 * MIB, b""),
-        Decision::Notify,
-    );
-    assert_message(
-        "endless header block after Auto-Submitted",
-        stream(
-            b"Auto-Submitted: auto-notified\n",
-            b"X-A: b\n",
-            30 * MIB,
-            b"",
+    let auto = b"Auto-Submitted: auto-notified\n";
+    assert_messages(vec![
+        (
+            "endless header block",
+            stream(b"From: a@b\n", b"X-A: b\n", 30 * MIB, b""),
+            Notify,
         ),
-        Decision::Skip,
-    );
+        (
+            "endless header block after Auto-Submitted",
+            stream(auto, b"X-A: b\n", 30 * MIB, b""),
+            Skip,
+        ),
+    ]);
 }
 
+/// The writer closes the pipe in a header name, in an Auto-Submitted value, or mid-body.
 #[test]
 fn writer_closes_mid_message() {
-    assert_message(
-        "closed inside a header name",
-        Input::Bytes(b"From: a@b\nAuto-Sub".to_vec()),
-        Decision::Notify,
-    );
-    assert_message(
-        "closed inside an Auto-Submitted value",
-        Input::Bytes(b"From: a@b\nAuto-Submitted: auto-rep".to_vec()),
-        Decision::Skip,
-    );
-    // A writer that dies mid-body, after the headers.
-    assert_message(
-        "closed mid-body",
-        stream(b"From: a@b\nSubject: x\n\n", b"body ", 3 * MIB, b""),
-        Decision::Notify,
-    );
+    let head = b"From: a@b\nSubject: x\n\n";
+    assert_messages(vec![
+        (
+            "closed inside a header name",
+            "From: a@b\nAuto-Sub".into(),
+            Notify,
+        ),
+        (
+            "closed inside an Auto-Submitted value",
+            "From: a@b\nAuto-Submitted: auto-rep".into(),
+            Skip,
+        ),
+        (
+            "closed mid-body",
+            stream(head, b"body ", 3 * MIB, b""),
+            Notify,
+        ),
+    ]);
 }
 
 /// The committed corpus: a file named `skip-*` must be skipped, `notify-*` notified; each is
@@ -342,9 +325,9 @@ fn hostile_corpus() {
     for path in names {
         let name = path.file_name().unwrap().to_str().unwrap().to_string();
         let want = if name.starts_with("skip-") {
-            Decision::Skip
+            Skip
         } else if name.starts_with("notify-") {
-            Decision::Notify
+            Notify
         } else {
             panic!("{name}: name it skip-* or notify-*");
         };
@@ -360,38 +343,30 @@ fn hostile_corpus() {
 #[test]
 fn memory_does_not_grow_with_the_number_of_headers() {
     let lines = |line: &str, n: usize| line.repeat(n).into_bytes();
-    assert_message(
-        "60000 tiny headers",
-        Input::Bytes(lines("X: b\n", 60_000)),
-        Decision::Notify,
-    );
-    assert_message(
-        "30000 From headers",
-        Input::Bytes(lines("From: a@b\n", 30_000)),
-        Decision::Notify,
-    );
-    assert_message(
-        "40000 To headers",
-        Input::Bytes(lines("To: a@b\n", 40_000)),
-        Decision::Notify,
-    );
     // The one header whose value is parsed, as big as the cap allows.
-    let mut from = b"From: ".to_vec();
-    from.extend(lines("a@b, ", 60_000));
-    assert_message(
-        "From with 60000 addresses",
-        Input::Bytes(from),
-        Decision::Notify,
-    );
+    let from = [b"From: ".to_vec(), lines("a@b, ", 60_000)].concat();
     // Every Auto-Submitted still counts, however many say `no` first.
-    let mut no = lines("Auto-Submitted: no\n", 12_000);
-    no.extend_from_slice(b"Auto-Submitted: auto-replied\n\n");
+    let no = [
+        lines("Auto-Submitted: no\n", 12_000),
+        b"Auto-Submitted: auto-replied\n\n".to_vec(),
+    ]
+    .concat();
     assert!(no.len() < HEADER_CAP);
-    assert_message(
-        "12000 Auto-Submitted: no, then one not",
-        Input::Bytes(no),
-        Decision::Skip,
-    );
+    assert_messages(vec![
+        ("60000 tiny headers", lines("X: b\n", 60_000).into(), Notify),
+        (
+            "30000 From headers",
+            lines("From: a@b\n", 30_000).into(),
+            Notify,
+        ),
+        (
+            "40000 To headers",
+            lines("To: a@b\n", 40_000).into(),
+            Notify,
+        ),
+        ("From with 60000 addresses", from.into(), Notify),
+        ("12000 Auto-Submitted: no, then one not", no.into(), Skip),
+    ]);
 }
 
 // ---------------------------------------------------------------------------------------------

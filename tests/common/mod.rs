@@ -182,6 +182,11 @@ impl Sandbox {
         }
     }
 
+    /// A sandbox and a relay that answers 200 to everything: where most tests start.
+    pub fn with_relay() -> (Sandbox, Relay) {
+        (Sandbox::new(), Relay::start())
+    }
+
     /// The default cache dir of a run in this sandbox.
     pub fn cache_dir(&self) -> PathBuf {
         self.home.path().join("cache/deltapush-mda")
