@@ -10,15 +10,15 @@ mod common;
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
 use common::{
     Input, PLAIN, Relay, Reply, Running, Sandbox, Tmpfs, cache_dir_line, exec,
-    in_own_mount_namespace, line, realmail::wait_for, sha256_hex, token, token_line, tree,
-    write_legacy_state,
+    in_own_mount_namespace, line, realmail, realmail::wait_for, sha256_hex, token, token_line,
+    tree, write_legacy_state,
 };
 
 /// The soaks start hundreds of processes on a machine with two cores; the tests that time a run
@@ -103,34 +103,30 @@ fn cache_dir_option_and_env() {
     assert!(!sb.cache_dir().exists());
 }
 
+/// Without HOME the home comes from the password database: only a user without an entry has
+/// none. A user namespace makes the run such a user, root or not.
 #[test]
 fn no_home_and_no_cache_dir() {
     let (sb, relay) = Sandbox::with_relay();
-    let mut cmd = sb.command();
+    let uid = (60_000..65_000)
+        // SAFETY: getpwuid(3) is only read for null here.
+        .find(|&uid| unsafe { libc::getpwuid(uid) }.is_null())
+        .unwrap()
+        .to_string();
+    let mut cmd = sb.command_for(realmail::require("unshare"));
     cmd.env_remove("HOME")
         .env_remove("XDG_CACHE_HOME")
+        .args(["--user", "--map-user", &uid, "--map-group", &uid])
+        .arg(common::bin())
         .args(["--url", &relay.url, "tok"]);
-    // Without HOME the home comes from the password database: only a user without an entry has
-    // none. Root can become one; anyone else has a home, where the token state then goes.
-    // SAFETY: geteuid(2) cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        let uid = (60_000..65_000)
-            // SAFETY: getpwuid(3) is only read for null here.
-            .find(|&uid| unsafe { libc::getpwuid(uid) }.is_null())
-            .unwrap();
-        cmd.uid(uid).gid(uid);
-        assert_eq!(
-            exec(cmd, PLAIN).said(),
-            (
-                78,
-                line("no home directory to keep stamps in; give --cache-dir").as_str()
-            )
-        );
-        relay.assert_bodies(&[]);
-    } else {
-        assert_eq!(exec(cmd, PLAIN).said(), (0, ""));
-        relay.assert_bodies(&["tok"]);
-    }
+    assert_eq!(
+        exec(cmd, PLAIN).said(),
+        (
+            78,
+            line("no home directory to keep stamps in; give --cache-dir").as_str()
+        )
+    );
+    relay.assert_bodies(&[]);
 }
 
 /// However a token looks, its state is named by its hash inside the cache dir: nothing is
