@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::dovecot::Dovecot;
 use common::realmail::{Ca, Daemon, MailUser, Ran, require, run, run_with_input, wait_for};
-use common::{Relay, refused_url, sha256_hex, shown, token, write_legacy_state};
+use common::{Relay, not_notified_around, refused_url, sha256_hex, token, write_legacy_state};
 
 /// One test's temp dir (traversable by the mail user), CA and mail user.
 struct World {
@@ -491,10 +491,7 @@ fn getmail_offers_the_mail_again_while_the_relay_is_down() {
                 } else {
                     assert_eq!((ran.code(), ran.stderr.as_str()), (Some(0), ""), "{who}");
                 }
-                let line = format!(
-                    "deltapush-mda: token {}: not notified: ",
-                    shown(&home.token)
-                );
+                let (line, _) = not_notified_around(&home.token);
                 assert_eq!(
                     ran.stderr.contains(&line),
                     label.starts_with("as shipped"),

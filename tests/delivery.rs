@@ -65,23 +65,22 @@ fn bad_tokens_are_refused_with_a_clear_line() {
     let longest = "t".repeat(4096);
     assert_eq!(sb.deliver(&relay, PLAIN, &[&longest]), (0, String::new()));
     let cases = [
-        ("bad token", shown("bad token"), invisible_at(4)),
-        ("a b", "a b…".into(), invisible_at(2)),
-        ("tab\there", "tab\\there…".into(), invisible_at(4)),
-        ("esc\x1b[31mred", "esc\\u{1b}[31m…".into(), invisible_at(4)),
-        ("tökén", "t\\u{f6}k\\u{e9}n…".into(), invisible_at(2)),
-        ("nl\nx", "nl\\nx…".into(), invisible_at(3)),
+        ("bad token", invisible_at(4)),
+        ("a b", invisible_at(2)),
+        ("tab\there", invisible_at(4)),
+        ("esc\x1b[31mred", invisible_at(4)),
+        ("tökén", invisible_at(2)),
+        ("nl\nx", invisible_at(3)),
         (
             &"u".repeat(4097),
-            shown("uuuuuuuu"),
             "is 4097 bytes long, more than 4096".into(),
         ),
     ];
-    for (tok, named, why) in cases {
+    for (tok, why) in cases {
         let before = tree(sb.home.path());
         assert_eq!(
             sb.deliver(&relay, PLAIN, &[tok]),
-            (64, line(&bad_token(&named, &why))),
+            (64, line(&bad_token(&shown(tok), &why))),
             "{tok:?}"
         );
         assert_eq!(tree(sb.home.path()), before, "{tok:?} created a file");
@@ -129,11 +128,11 @@ fn bad_token_files_are_refused_before_anything_is_sent() {
     let missing = dir.join("missing");
     let show = |p: &Path| p.display().to_string();
     let file = |p: &Path, why: &str| line(&format!("--token-file {}: {why}", show(p)));
-    let at_line_2 = |p: &Path, named: &str, at: usize| {
+    let at_line_2 = |p: &Path, tok: &str, at: usize| {
         line(&format!(
             "{}:2: {}",
             show(p),
-            bad_token(named, &invisible_at(at))
+            bad_token(&shown(tok), &invisible_at(at))
         ))
     };
     let cases = [
@@ -157,11 +156,11 @@ fn bad_token_files_are_refused_before_anything_is_sent() {
             78,
             file(&bad_utf8, "stream did not contain valid UTF-8"),
         ),
-        (&nul, 64, at_line_2(&nul, "ab\\u{0}cd…", 3)),
+        (&nul, 64, at_line_2(&nul, "ab\0cd", 3)),
         (
             &spaced,
             64,
-            at_line_2(&spaced, &shown(&token(71)), token(71).len() + 1),
+            at_line_2(&spaced, &token(71), token(71).len() + 1),
         ),
         (
             &big,

@@ -42,9 +42,18 @@ pub fn token(n: u32) -> String {
     t
 }
 
-/// A token as the binary names it: its first 8 characters and an ellipsis.
+/// A token, valid or not, as the binary names it: its first 8 characters, those that are not
+/// visible ASCII escaped, and an ellipsis. The one place that knows how a token is named.
 pub fn shown(token: &str) -> String {
-    format!("{}…", token.chars().take(8).collect::<String>())
+    let mut name = String::new();
+    for c in token.chars().take(8) {
+        if c.is_ascii_graphic() {
+            name.push(c);
+        } else {
+            name.extend(c.escape_default());
+        }
+    }
+    name + "…"
 }
 
 /// One line of the binary's stderr.
@@ -64,19 +73,22 @@ pub fn notified(token: &str) -> String {
 
 /// A token that could not be notified this time, with what its last attempt met.
 pub fn not_notified(token: &str, detail: &str) -> String {
-    token_line(
-        token,
-        &format!("not notified: {detail}; the next message will try again"),
-    )
+    let (head, tail) = not_notified_around(token);
+    format!("{head}{detail}{tail}")
+}
+
+/// The not-notified line of `token` before and after its cause.
+pub fn not_notified_around(token: &str) -> (String, String) {
+    let head = format!("deltapush-mda: token {}: not notified: ", shown(token));
+    (head, "; the next message will try again\n".to_string())
 }
 
 /// Asserts that `stderr` is one not-notified line for `token` whose cause is someone else's
 /// wording (a TLS or HTTP library's): only our prefix, suffix and the one line are ours.
 pub fn assert_not_notified_line(stderr: &str, token: &str) {
-    let whole = not_notified(token, "CAUSE");
-    let (head, tail) = whole.split_once("CAUSE").unwrap();
+    let (head, tail) = not_notified_around(token);
     assert!(
-        stderr.starts_with(head) && stderr.ends_with(tail) && stderr.lines().count() == 1,
+        stderr.starts_with(&head) && stderr.ends_with(&tail) && stderr.lines().count() == 1,
         "not one not-notified line for {}: {stderr:?}",
         shown(token)
     );
