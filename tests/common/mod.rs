@@ -1,8 +1,7 @@
-//! The one test harness: a sandbox per test and the one way to run the binary in it (every stderr
-//! it captures is checked for panics and tokens), the one stand-in relay on 127.0.0.1 that
-//! records its hits, TLS in front of it, realistic tokens, and the expected lines built in one
-//! place each. `realmail` drives the real mail programs, `dovecot` is an IMAP server of a test's
-//! own.
+//! The one test harness: a sandbox per test and the one way to run the binary in it (everything
+//! it writes is checked for panics and for tokens), the one stand-in relay on 127.0.0.1 that
+//! records its hits, TLS in front of it, realistic tokens, and each expected line built in one
+//! place. `realmail` drives the real mail programs; `dovecot` is an IMAP server of a test's own.
 #![allow(dead_code)]
 
 pub mod dovecot;
