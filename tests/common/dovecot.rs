@@ -5,10 +5,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::realmail::{Ca, Daemon, MailUser, free_port, require, wait_listening};
+use super::realmail::{Ca, Daemon, MailUser, free_port, poll, require, wait_listening};
 
 /// The account, as the example files spell it, so they need no change but the password.
 pub const USER: &str = "me@example.org";
@@ -117,6 +116,15 @@ impl Dovecot {
 
     /// Delivers a message the way an MTA does: written into tmp/, then renamed into new/.
     pub fn deliver(&self, message: &[u8]) {
+        self.store(message, "new", "");
+    }
+
+    /// Puts a message into INBOX as one that was read long ago: in cur/ with the \Seen flag.
+    pub fn deliver_seen(&self, message: &[u8]) {
+        self.store(message, "cur", ":2,S");
+    }
+
+    fn store(&self, message: &[u8], sub: &str, flags: &str) {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
         let name = format!(
             "{}.M{}P{}Q{}.deltapush-test",
@@ -128,7 +136,7 @@ impl Dovecot {
         let tmp = self.maildir.join("tmp").join(&name);
         fs::write(&tmp, message).unwrap();
         self.mail_user.own(&tmp);
-        fs::rename(&tmp, self.maildir.join("new").join(&name)).unwrap();
+        fs::rename(&tmp, self.maildir.join(sub).join(name + flags)).unwrap();
     }
 
     /// Every message in INBOX, with its \Seen flag as Dovecot stored it in the file name.
@@ -173,15 +181,11 @@ impl Dovecot {
     /// Waits until a client idles, panicking with `client()` (what the client said) and the
     /// server log after `limit`.
     pub fn wait_idle(&self, limit: Duration, client: impl Fn() -> String) {
-        let deadline = Instant::now() + limit;
-        while !self.idling() {
-            assert!(
-                Instant::now() < deadline,
-                "no IMAP client went into IDLE within {limit:?}; {}\ndovecot log:\n{}",
-                client(),
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
+        assert!(
+            poll(limit, || self.idling()).is_some(),
+            "no IMAP client went into IDLE within {limit:?}; {}\ndovecot log:\n{}",
+            client(),
+            self.log()
+        );
     }
 }
