@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime};
 
 use common::{
     Input, PLAIN, Relay, Reply, Running, Sandbox, Tmpfs, cache_dir_line, exec,
-    in_own_mount_namespace, line, realmail, realmail::wait_for, sha256_hex, token, token_line,
-    tree, write_legacy_state,
+    in_own_mount_namespace, line, realmail, realmail::wait_for, senders, sha256_hex, token,
+    token_line, tree, write_legacy_state,
 };
 
 /// The soaks start hundreds of processes on a machine with two cores; the tests that time a run
@@ -38,16 +38,16 @@ fn legacy_state(sb: &Sandbox, tok: &str, last: SystemTime) {
 }
 
 #[test]
-fn rate_limit_inside_the_interval_and_after_it() {
+fn interval_defers_and_expires() {
     let _guard = timing();
     let (sb, relay) = Sandbox::with_relay();
     let t = token(8);
     assert_eq!(sb.deliver(&relay, PLAIN, &[&t]), (0, String::new()));
     let (code, err) = sb.deliver(&relay, PLAIN, &["-v", "--interval", "1m", &t]);
-    let head = token_line(&t, "rate-limited: ");
+    let head = token_line(&t, "deferred by ");
     let left = err
         .strip_prefix(head.trim_end_matches('\n'))
-        .and_then(|rest| rest.strip_suffix(" s left\n"))
+        .and_then(|rest| rest.strip_suffix(" s\n"))
         .and_then(|n| n.parse::<u64>().ok());
     assert!(
         code == 0 && left.is_some_and(|n| (55..=60).contains(&n)),
@@ -61,10 +61,11 @@ fn rate_limit_inside_the_interval_and_after_it() {
     let args = ["--interval", "1m", t.as_str()];
     assert_eq!(sb.deliver(&relay, PLAIN, &args), (0, String::new()));
     relay.assert_bodies(&[&t, &t]);
-    // Half a minute ago: not yet.
+    // Half a minute ago: not yet; the waiting sender will post for this one too.
     legacy_state(&sb, &t, now - Duration::from_secs(30));
     assert_eq!(sb.deliver(&relay, PLAIN, &args), (0, String::new()));
     relay.assert_bodies(&[&t, &t]);
+    assert_eq!(senders(sb.home.path()).len(), 1);
     // --interval 0 turns the limit off.
     assert_eq!(
         sb.deliver(&relay, PLAIN, &["--interval", "0", &t]),
@@ -123,7 +124,7 @@ fn no_home_and_no_cache_dir() {
         exec(cmd, PLAIN).said(),
         (
             78,
-            line("no home directory to keep stamps in; give --cache-dir").as_str()
+            line("no home directory to keep the cache dir in; give --cache-dir").as_str()
         )
     );
     relay.assert_bodies(&[]);
@@ -239,7 +240,7 @@ fn read_only_cache_dir() {
 }
 
 /// A 64 KiB tmpfs with 64 inodes, filled up: a token never seen cannot get a lock file and is
-/// not sent; a known token keeps working.
+/// not sent; a known token is sent, and its state, which cannot be written, stays as it was.
 #[test]
 fn full_disk() {
     let options = "size=64k,nr_inodes=64,mode=0700";
@@ -255,12 +256,7 @@ fn full_disk() {
     );
     let old_state = cache.join(sha256_hex(old.as_bytes()));
     let long_ago = SystemTime::now() - Duration::from_secs(3600);
-    File::options()
-        .write(true)
-        .open(&old_state)
-        .unwrap()
-        .set_modified(long_ago)
-        .unwrap();
+    write_legacy_state(&old_state, long_ago);
 
     // Fill every block, then every inode.
     let mut filler = File::create(disk.join("blocks")).unwrap();
@@ -289,11 +285,21 @@ fn full_disk() {
             cache_dir_line(&lock, "No space left on device (os error 28)")
         )
     );
+    // A token with its files in place is posted, but its new state cannot be written: the old
+    // one stays whole, and the run says why.
+    let new_state = cache.join(format!("{}.new", sha256_hex(old.as_bytes())));
     assert_eq!(
         sb.deliver(&relay, PLAIN, &["--cache-dir", &c, &old]),
-        (0, String::new())
+        (
+            78,
+            cache_dir_line(&new_state, "No space left on device (os error 28)")
+        )
     );
-    assert!(fs::metadata(&old_state).unwrap().modified().unwrap() > long_ago);
+    assert_eq!(
+        fs::metadata(&old_state).unwrap().modified().unwrap(),
+        long_ago
+    );
+    assert!(!new_state.exists());
     relay.assert_bodies(&[&old, &old]);
 }
 

@@ -6,27 +6,9 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use common::{Input, PLAIN, Relay, Reply, Sandbox, shown, token};
-
-/// Rewrites one `KEY TIME` line of a token state, as if it had been written `ago` earlier.
-fn backdate(path: &std::path::Path, key: &str, ago: Duration) {
-    let secs = (SystemTime::now() - ago)
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let text = fs::read_to_string(path).unwrap();
-    assert!(text.contains(&format!("\n{key} ")), "{text}");
-    let text: String = text
-        .lines()
-        .map(|l| match l.starts_with(&format!("{key} ")) {
-            true => format!("{key} {secs}.000\n"),
-            false => format!("{l}\n"),
-        })
-        .collect();
-    fs::write(path, text).unwrap();
-}
+use common::{Input, PLAIN, Relay, Reply, Sandbox, backdate, shown, token};
 
 #[test]
 fn devices_that_register_in_turn_all_get_push() {

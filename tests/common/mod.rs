@@ -257,6 +257,61 @@ impl Sandbox {
     }
 }
 
+/// A run's deferred senders live on after it: whatever a test left waiting goes with its sandbox.
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        for pid in senders(self.home.path()) {
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+/// The deferred senders whose cache dir is under `dir`, by process id.
+pub fn senders(dir: &Path) -> Vec<u32> {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let dir = dir.to_string_lossy().into_owned();
+    procs
+        .flatten()
+        .filter_map(|p| {
+            let pid: u32 = p.file_name().to_str()?.parse().ok()?;
+            let cmdline = fs::read(p.path().join("cmdline")).ok()?;
+            let words: Vec<String> = cmdline
+                .split(|&b| b == 0)
+                .map(|w| String::from_utf8_lossy(w).into_owned())
+                .collect();
+            let cache = words.iter().position(|w| w == "--cache-dir")?;
+            (words.iter().any(|w| w == "--send-deferred")
+                && words.get(cache + 1)?.starts_with(&dir))
+            .then_some(pid)
+        })
+        .collect()
+}
+
+/// Rewrites the `KEY TIME` line of a token state as if it had been written `ago` earlier:
+/// the clock, set without sleeping.
+pub fn backdate(state: &Path, key: &str, ago: Duration) {
+    let secs = (SystemTime::now() - ago)
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let text = fs::read_to_string(state).unwrap();
+    let prefix = format!("{key} ");
+    assert!(
+        text.lines().any(|l| l.starts_with(&prefix)),
+        "no {key} in {text}"
+    );
+    let text: String = text
+        .lines()
+        .map(|l| match l.starts_with(&prefix) {
+            true => format!("{key} {secs}.000\n"),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    fs::write(state, text).unwrap();
+}
+
 /// What one run of the binary did.
 #[derive(Debug)]
 pub struct Run {
