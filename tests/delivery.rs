@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::{
     Input, NO_TOKEN, PLAIN, Relay, Reply, Sandbox, bad_token, exec, invisible_at, line, mode,
-    notified, refused_url, shown, token, token_line, tree,
+    notified, refused_url, senders, shown, token, token_line, tree,
 };
 
 #[test]
@@ -160,7 +160,7 @@ fn bad_token_files_are_refused_before_anything_is_sent() {
         (
             &spaced,
             64,
-            at_line_2(&spaced, &token(71), token(71).len() + 1),
+            at_line_2(&spaced, &format!("{} x", token(71)), token(71).len() + 1),
         ),
         (
             &big,
@@ -220,16 +220,17 @@ fn dry_run_sends_and_writes_nothing() {
     );
     assert!(relay.requests().is_empty());
     assert!(!sb.cache_dir().exists());
-    // After a real run, the dry run reports the limit.
+    // After a real run, the dry run says it would defer, and starts no sender.
     sb.deliver(&relay, PLAIN, &[&a]);
     let (code, err) = sb.deliver(&relay, PLAIN, &["--dry-run", &a]);
-    let head = token_line(&a, "rate-limited: ");
+    let head = token_line(&a, "would defer by ");
     assert!(
         code == 0
             && err.starts_with(head.trim_end_matches('\n'))
-            && err.ends_with(" s left (dry run)\n"),
+            && err.ends_with(" s (dry run)\n"),
         "{err}"
     );
+    assert_eq!(senders(sb.home.path()), []);
     relay.assert_bodies(&[&a]);
 }
 
@@ -293,14 +294,15 @@ fn secrets_never_leak() {
         assert!(!r.stderr.is_empty(), "{args:?} said nothing");
     };
     go(&["-v", "--url", &ok.url, t(0), t(1)], 0);
-    // Once more: now rate-limited.
+    // Once more: now deferred, and a sender holds each token.
     go(&["-v", "--url", &ok.url, t(0), t(1)], 0);
     let spaced = spaced_file.display().to_string();
     let ww = ww_file.display().to_string();
     let cf = cache_file.display().to_string();
     let runs: [(&[&str], i32); 14] = [
         (&["--dry-run", "--url", &ok.url, t(2)], 0),
-        (&["--url", &gone.url, "--tempfail", t(3)], 75),
+        // Retrying the mail cannot revive a token: no EX_TEMPFAIL.
+        (&["--url", &gone.url, "--tempfail", t(3)], 0),
         (&["--url", &failing.url, "--timeout", "1s", t(4)], 0),
         (&["--url", &refused, "--timeout", "1s", t(5)], 0),
         (&["--url", &hang.url, "--timeout", "1s", t(6)], 0),
@@ -327,16 +329,21 @@ fn secrets_never_leak() {
     for entry in fs::read_dir(&cache).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name().into_string().unwrap();
-        let hex = name.strip_suffix(".lock").unwrap_or(&name);
+        let hex = [".lock", ".waiter"]
+            .iter()
+            .find_map(|ext| name.strip_suffix(ext))
+            .unwrap_or(&name);
         assert!(
             hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
             "{name}"
         );
         assert_eq!(mode(&entry.path()), 0o600, "{name}");
-        assert_eq!(entry.metadata().unwrap().len(), 0, "{name} has content");
+        let text = fs::read_to_string(entry.path()).unwrap();
+        assert!(!text.contains(common::TOKEN_BODY), "{name} holds a token");
         files += 1;
     }
-    // t(0) and t(1) notified: a state and a lock each; every failed token: a lock only.
+    // t(0) and t(1) notified: a state and a lock each; the gone one a state (the 410) and a
+    // lock; every other failed token: a lock only.
     assert!(sb.state(t(0)).is_file() && sb.state(t(1)).is_file());
     assert!(files >= 4, "{files} files");
     for r in ok.requests() {
