@@ -1,8 +1,10 @@
 //! The way to the relay and every way it can fail: refused, silent, late, garbage, resets, 5xx
-//! (retried with backoff within `--timeout`), 4xx and 410 (final, not retried), TLS spoken to a
-//! server that does not, and HTTPS with a certificate only a configured CA vouches for. A
-//! failure is one line, exit 0 (75 with `--tempfail`, silent with `-q`), leaves the token state
-//! alone, and the next message notifies once the relay is healthy.
+//! (retried with backoff within `--timeout`), 4xx (final, not retried), TLS spoken to a server
+//! that does not, and HTTPS with a certificate only a configured CA vouches for. A failure is one
+//! line, exit 0 (75 with `--tempfail`, silent with `-q`), leaves the token state alone, and the
+//! next message notifies once the relay is healthy. What the relay says about a token is
+//! remembered: a 410 keeps it from being posted for a day, a pause (429, or 503 with
+//! Retry-After) holds every POST of it until the pause ends, an hour at most.
 
 mod common;
 
@@ -148,11 +150,6 @@ fn every_relay_fault() {
         Fault::scripted("answers garbage", Reply::Garbage, 2..=10),
         Fault::scripted("resets mid-status", Reply::ResetInStatus, 2..=10),
         // Final answers: one request per run.
-        Fault::scripted("says gone", Reply::Status(410), 1..=1).says(token_line(
-            &tok,
-            "the relay says it is no longer valid (410 Gone); \
-             copy the current notify token from Delta Chat",
-        )),
         Fault::scripted("refuses with 404", Reply::Status(404), 1..=1).says(token_line(
             &tok,
             "the relay refused it with HTTP 404; check --url",
@@ -262,4 +259,124 @@ fn stand_in_relay_answers_with_extra_headers() {
         "{answer:?}"
     );
     relay.assert_bodies(&["abc"]);
+}
+
+/// The line of every run about a token the relay called gone: (before the time, after it).
+fn gone_line(tok: &str) -> (String, String) {
+    let line = token_line(
+        tok,
+        "gone since TIME (the relay answered 410); copy the current \
+         token from Delta Chat: Settings → Advanced → View Log",
+    );
+    let (head, tail) = line.split_once("TIME").unwrap();
+    (head.to_string(), tail.to_string())
+}
+
+fn assert_gone_line(stderr: &str, tok: &str) {
+    let (head, tail) = gone_line(tok);
+    assert!(
+        stderr.starts_with(&head) && stderr.ends_with(&tail) && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_gone_token_is_not_posted_again_for_a_day() {
+    let sb = Sandbox::new();
+    let (dead, alive) = (token(43), token(44));
+    let relay = Relay::scripted(Reply::Status(200), [Reply::Status(410)]);
+    // The first POST (the dead token's) is answered 410; three more messages follow, the last
+    // with --tempfail: retrying the mail cannot bring a dead token back, so it exits 0 too.
+    for run in 0..4 {
+        let tempfail: &[&str] = if run == 3 { &["--tempfail"] } else { &[] };
+        let args = [&["--interval", "0", &dead, &alive][..], tempfail].concat();
+        let (code, stderr) = sb.deliver(&relay, PLAIN, &args);
+        assert_eq!(code, 0, "run {run}: {stderr}");
+        assert_gone_line(&stderr, &dead);
+    }
+    relay.assert_bodies(&[&dead, &alive, &alive, &alive, &alive]);
+
+    // --check shows it as a failed token.
+    let r = sb.run(
+        &["--check", "--url", &relay.url, &dead],
+        common::Input::Null,
+    );
+    assert_eq!(r.code, 64, "{}", r.stdout);
+    let (head, _) = gone_line(&dead);
+    assert!(
+        r.stdout.contains(&format!(
+            "FAIL  {}",
+            head.trim_start_matches("deltapush-mda: ")
+        )),
+        "{}",
+        r.stdout
+    );
+
+    // A day later it is tried again.
+    common::backdate(&sb.state(&dead), "gone", Duration::from_secs(24 * 3600 + 5));
+    assert_eq!(
+        sb.deliver(&relay, PLAIN, &["--interval", "0", &dead]),
+        (0, String::new())
+    );
+    relay.assert_bodies(&[&dead, &alive, &alive, &alive, &alive, "", &dead]);
+}
+
+/// A 429 with Retry-After: one POST, no retry within the run, and the message's wakeup is sent
+/// when the pause ends; every message until then shares it.
+#[test]
+fn a_pause_defers_every_post_until_it_ends() {
+    let sb = Sandbox::new();
+    let tok = token(45);
+    let relay = Relay::scripted(
+        Reply::Status(200),
+        [Reply::With(429, vec![("Retry-After", "1")])],
+    );
+    let (code, stderr) = sb.deliver(&relay, PLAIN, &["-v", &tok]);
+    assert_eq!((code, stderr), (0, token_line(&tok, "deferred by 1 s")));
+    assert_eq!(sb.deliver(&relay, PLAIN, &[&tok]), (0, String::new()));
+    assert_eq!(relay.requests().len(), 1, "a paused token was posted again");
+    common::realmail::wait_for(Duration::from_secs(5), "the POST after the pause", || {
+        relay.requests().len() == 2
+    });
+    let reqs = relay.requests();
+    let waited = reqs[1].at - reqs[0].at;
+    assert!(
+        waited >= Duration::from_millis(990),
+        "posted after {waited:?}"
+    );
+    relay.assert_bodies(&[&tok, &tok]);
+}
+
+/// Without an interval nothing is deferred: a paused token is reported, like a relay that
+/// failed, and not posted before the pause ends. A pause longer than an hour is cut to one.
+#[test]
+fn a_pause_without_an_interval_is_reported() {
+    let sb = Sandbox::new();
+    let tok = token(46);
+    let relay = Relay::always(Reply::With(503, vec![("Retry-After", "99999")]));
+    let pause = |left: &str| {
+        token_line(
+            &tok,
+            &format!(
+                "not notified: the relay asked for a pause of {left} s more; the next message \
+                 after it will try again"
+            ),
+        )
+    };
+    let args = ["--interval", "0", "--tempfail", &tok];
+    assert_eq!(sb.deliver(&relay, PLAIN, &args), (75, pause("3600")));
+    let (code, stderr) = sb.deliver(&relay, PLAIN, &args);
+    assert!(
+        code == 75 && (stderr == pause("3600") || stderr == pause("3599")),
+        "{stderr}"
+    );
+    // One request in all: a 503 with Retry-After is not retried, and the pause held.
+    assert_eq!(relay.requests().len(), 1);
+    let r = sb.run(&["--check", "--url", &relay.url, &tok], common::Input::Null);
+    assert!(
+        r.stdout
+            .contains("; the relay asked for a pause of 1h more\n"),
+        "{}",
+        r.stdout
+    );
 }
