@@ -355,3 +355,81 @@ fn secrets_never_leak() {
         );
     }
 }
+
+/// What a person copies from Delta Chat's log (Settings → Advanced → View Log) works as it is,
+/// on the command line and in the token file.
+#[test]
+fn a_line_copied_from_the_log_is_a_token() {
+    let (sb, relay) = Sandbox::with_relay();
+    let (android, ios) = (
+        "fcm-chat.delta:APA91bHun4MxP5egoKMwt2KZFBaFUH-1RYqx",
+        "0a1b".repeat(16),
+    );
+    let file = sb.write("tokens", format!("# my iPhone\n  notify-token= {ios}  \n"));
+    let file = file.display().to_string();
+    let args = [
+        "-v",
+        &format!("push-token={android}"),
+        "--token-file",
+        &file,
+    ];
+    let (code, stderr) = sb.deliver(&relay, PLAIN, &args);
+    assert_eq!((code, stderr), (0, notified(android) + &notified(&ios)));
+    relay.assert_bodies(&[android, &ios]);
+    // Named by kind and fingerprint: an FCM and an APNs token.
+    assert!(shown(android).starts_with("fcm#") && shown(&ios).starts_with("apns#"));
+}
+
+/// A phone without a push token shows `<empty>` (Android without Google Play services) or
+/// `<unset>` (iOS with notifications off) in its log: one line says so, nothing is sent.
+#[test]
+fn a_phone_without_a_push_token_says_why() {
+    let (sb, relay) = Sandbox::with_relay();
+    let android = line(
+        "this phone has no push token (push-token=<empty>): it has no Google Play services, so \
+         nothing can wake Delta Chat on it",
+    );
+    for arg in ["push-token=<empty>", "push-token=", " push-token = "] {
+        assert_eq!(
+            sb.deliver(&relay, PLAIN, &[arg]),
+            (64, android.clone()),
+            "{arg:?}"
+        );
+    }
+    let file = sb.write("tokens", "notify-token=<unset>\n");
+    let r = sb.run(
+        &[
+            "--url",
+            &relay.url,
+            "--token-file",
+            &file.display().to_string(),
+        ],
+        PLAIN,
+    );
+    let ios = format!(
+        "{}:1: this phone has no push token (notify-token=<unset>): notifications are off for \
+         Delta Chat; turn them on, then copy the token again from View Log",
+        file.display()
+    );
+    assert_eq!(r.said(), (64, line(&ios).as_str()));
+    relay.assert_bodies(&[]);
+    assert!(!sb.cache_dir().exists());
+}
+
+/// Two phones of one kind are told apart in every line, and no line holds more of a token than
+/// its kind.
+#[test]
+fn tokens_of_one_kind_are_told_apart() {
+    let (sb, relay) = Sandbox::with_relay();
+    let (a, b) = ("fcm-chat.delta:SECRETaaaa", "fcm-chat.delta:SECRETbbbb");
+    let (code, stderr) = sb.deliver(&relay, PLAIN, &["-v", a, b]);
+    assert_eq!(
+        (code, stderr.as_str()),
+        (0, (notified(a) + &notified(b)).as_str())
+    );
+    assert_ne!(shown(a), shown(b));
+    assert!(
+        !stderr.contains("SECRET") && !stderr.contains("chat.delta"),
+        "{stderr}"
+    );
+}
