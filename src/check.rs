@@ -18,6 +18,7 @@ use crate::token::Token;
 
 /// Prints one line per check on stdout and remembers the exit status of the first failure.
 struct Report {
+    failed: usize,
     first_failure: Option<u8>,
     out: std::io::StdoutLock<'static>,
 }
@@ -29,6 +30,7 @@ impl Report {
 
     fn fail(&mut self, code: u8, what: &str) {
         let _ = writeln!(self.out, "FAIL  {what}");
+        self.failed += 1;
         self.first_failure.get_or_insert(code);
     }
 
@@ -36,7 +38,10 @@ impl Report {
         let _ = self.out.flush();
         match self.first_failure {
             None => Outcome::Done,
-            Some(code) => Outcome::CheckFailed(code),
+            Some(code) => Outcome::CheckFailed {
+                failed: self.failed,
+                code,
+            },
         }
     }
 }
@@ -44,9 +49,13 @@ impl Report {
 pub fn run(config: &Config) -> Outcome {
     let deadline = Instant::now() + config.timeout;
     let mut r = Report {
+        failed: 0,
         first_failure: None,
         out: std::io::stdout().lock(),
     };
+    for t in &config.tokens {
+        r.ok(&format!("token {t}: well-formed"));
+    }
     check_cache(config, &mut r);
     r.ok(&format!("url {}", config.url));
     check_relay(&config.url, deadline, &mut r);
@@ -56,6 +65,7 @@ pub fn run(config: &Config) -> Outcome {
 /// A configuration that did not resolve: the one line it gives, as a failed check.
 pub fn failed(err: &Error) -> Outcome {
     let mut r = Report {
+        failed: 0,
         first_failure: None,
         out: std::io::stdout().lock(),
     };
@@ -124,22 +134,19 @@ fn token_lines(t: &Token, state: &State, config: &Config, now: SystemTime, r: &m
         let age = now.duration_since(seen).unwrap_or_default();
         line.push_str(&format!("; remembered, last given {} ago", rounded(age)));
     }
+    let next = state.next_post(now, config.interval);
+    let left = |due: SystemTime| rounded_up(due.duration_since(now).unwrap_or_default());
     if state.pending.is_some() {
-        let due = state.next_post(now, config.interval).unwrap_or(now);
-        let left = due.duration_since(now).unwrap_or_default();
-        line.push_str(&format!(
-            "; a deferred wakeup is due in {}",
-            rounded_up(left)
-        ));
+        let due = next.unwrap_or(now);
+        line.push_str(&format!("; a deferred wakeup is due in {}", left(due)));
     } else if let Some(paused) = state.paused.filter(|&p| p > now) {
-        let left = paused
-            .duration_since(now)
-            .unwrap_or_default()
-            .min(cache::MAX_PAUSE);
+        let due = paused.min(now + cache::MAX_PAUSE);
         line.push_str(&format!(
             "; the relay asked for a pause of {} more",
-            rounded_up(left)
+            left(due)
         ));
+    } else if let Some(due) = next {
+        line.push_str(&format!("; its interval ends in {}", left(due)));
     }
     r.ok(&line);
 }

@@ -69,7 +69,14 @@ fn exit(result: Result<Outcome, Error>, out: &Output, tempfail: bool) -> ExitCod
         Ok(Outcome::Done) => 0,
         Ok(Outcome::NotNotified) if tempfail => exit::TEMPFAIL,
         Ok(Outcome::NotNotified) => 0,
-        Ok(Outcome::CheckFailed(code)) => code,
+        Ok(Outcome::CheckFailed { failed, code }) => {
+            // The checks themselves went to stdout, one line each.
+            match failed {
+                1 => out.report(format_args!("1 check failed")),
+                n => out.report(format_args!("{n} checks failed")),
+            }
+            code
+        }
         Err(e) => {
             out.report(format_args!("{e}"));
             e.exit_code()

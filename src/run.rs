@@ -20,8 +20,8 @@ pub enum Outcome {
     Done,
     /// At least one token could not be notified; each said why on its own line.
     NotNotified,
-    /// `--check` found a problem; the exit status of the first.
-    CheckFailed(u8),
+    /// `--check` found problems: how many, and the exit status of the first.
+    CheckFailed { failed: usize, code: u8 },
 }
 
 /// The lines on standard error, and which of them are wanted.

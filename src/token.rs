@@ -31,7 +31,7 @@ impl Token {
     /// Delta Chat's log.
     pub fn parse(text: &str) -> Result<Token, TokenProblem> {
         let text = text.trim_matches(|c: char| c.is_ascii_whitespace());
-        let (value, platform) = match text.split_once('=') {
+        let (value, platform) = match text.split_once('=').map(|(k, v)| (k.trim_end(), v)) {
             Some(("push-token", v)) => (v.trim(), Some(Platform::Android)),
             Some(("notify-token", v)) => (v.trim(), Some(Platform::Ios)),
             _ => (text, None),
@@ -258,17 +258,9 @@ mod tests {
             ("push-token=", Platform::Android),
             ("<empty>", Platform::Android),
             ("notify-token=<unset>", Platform::Ios),
-            (" notify-token =", Platform::Ios),
+            (" notify-token = ", Platform::Ios),
             ("<unset>", Platform::Ios),
         ] {
-            if text.contains(" =") {
-                // A blank before `=` is not the log's form: taken as a (bad) token.
-                assert!(matches!(
-                    Token::parse(text),
-                    Err(TokenProblem::Invisible { .. })
-                ));
-                continue;
-            }
             assert_eq!(
                 Token::parse(text),
                 Err(TokenProblem::NoPushToken(platform)),

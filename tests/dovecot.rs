@@ -7,28 +7,21 @@
 //! Each scenario has a Dovecot of its own (0.3 s to start), so its log holds its own lines only.
 
 mod common;
-#[path = "common/dovecot.rs"]
-#[allow(dead_code)]
-mod dovecot;
 #[path = "common/examples.rs"]
 mod examples;
 #[path = "common/lmtp.rs"]
 mod lmtp;
-#[path = "common/realmail.rs"]
-#[allow(dead_code)]
-mod realmail;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use common::{Relay, Reply, sha256_hex};
-use dovecot::MailServer;
+use common::dovecot::MailServer;
+use common::realmail::{MailUser, Ran, require, wait_for};
+use common::{Relay, Reply, backdate, senders, sha256_hex};
 use examples::render;
 use lmtp::{Delivery, Imap, Lmtp};
-use realmail::{MailUser, Ran, require};
 
 /// The shipped relay, as the Sieve script names it.
 const RELAY: &str = "https://notifications.delta.chat/notify";
@@ -75,7 +68,7 @@ fn plain(n: u32) -> Vec<u8> {
 
 /// A bounce marked `Auto-Submitted: auto-replied`: never notifies.
 fn bounce() -> Vec<u8> {
-    let m = fs::read(common::data("corpus/gmx_ndn.eml")).unwrap();
+    let m = fs::read(common::corpus("gmx_ndn.eml")).unwrap();
     assert!(String::from_utf8_lossy(&m).contains("Auto-Submitted: auto-replied"));
     m
 }
@@ -90,7 +83,16 @@ struct Site {
     /// The program's link in the execute dir.
     link: PathBuf,
     // Last: the servers stop before their files go.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+/// A deferred wakeup that a failed test left waiting goes with its site.
+impl Drop for Site {
+    fn drop(&mut self) {
+        for pid in senders(self.dir.path()) {
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
 }
 
 impl Site {
@@ -142,7 +144,7 @@ impl Site {
             relay,
             server,
             link,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -200,21 +202,13 @@ impl Site {
     }
 
     /// [`Site::deliver`], also timing the way to the relay: from the end of the data to the
-    /// moment the relay holds one more POST.
+    /// moment the relay had read the one POST it brought.
     fn deliver_timed(&self, user: &str, message: &[u8]) -> (Delivery, Duration) {
         let before = self.relay.requests().len();
-        let relay = self.relay.clone();
-        let watcher = thread::spawn(move || {
-            let limit = Instant::now() + Duration::from_secs(15);
-            while relay.requests().len() == before {
-                assert!(Instant::now() < limit, "no POST within 15 s");
-                thread::sleep(Duration::from_micros(250));
-            }
-            Instant::now()
-        });
         let d = self.deliver(user, message);
-        let posted = watcher.join().unwrap();
-        let to_post = posted.saturating_duration_since(d.sent);
+        let requests = self.relay.requests();
+        assert_eq!(requests.len(), before + 1, "not one POST for {user}");
+        let to_post = requests[before].at.saturating_duration_since(d.sent);
         (d, to_post)
     }
 
@@ -248,27 +242,12 @@ impl Site {
     }
 }
 
-/// Asserts that the relay received exactly these bodies, in order, all POSTs to /notify. A
-/// failure shows each body as its prefix and a hash, never whole.
+/// Asserts that the relay received exactly these bodies, in order, each a POST to /notify.
 fn assert_posts(relay: &Relay, want: &[&str]) {
-    let requests = relay.requests();
-    for r in &requests {
+    for r in relay.requests() {
         assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/notify"));
     }
-    let got: Vec<String> = requests
-        .into_iter()
-        .map(|r| String::from_utf8(r.body).unwrap())
-        .collect();
-    if got != want {
-        let brief = |b: &str| {
-            let prefix: String = b.chars().take(16).collect();
-            let hash = sha256_hex(b.as_bytes());
-            format!("{prefix}… ({} bytes, sha256 {})", b.len(), &hash[..12])
-        };
-        let got: Vec<String> = got.iter().map(|b| brief(b)).collect();
-        let want: Vec<String> = want.iter().map(|b| brief(b)).collect();
-        panic!("the relay received {got:?}, expected {want:?}");
-    }
+    relay.assert_bodies(want);
 }
 
 fn ms(d: Duration) -> f64 {
@@ -379,7 +358,7 @@ fn nothing_about_the_token_stops_the_users_own_script() {
     let eve = phone_token(22, 1100);
     let fin = phone_token(23, 908);
     // Only the user's own client writes this value; whatever it is, it is a token.
-    let gil = format!("--url=http://127.0.0.1:{}/", common::refused_port());
+    let gil = format!("--url={}", common::refused_url());
     for (user, token) in users.iter().zip([&dan, &eve, &fin, &gil]) {
         site.register(user, &setmetadata_literal(token));
         site.server.put(user, ".dovecot.sieve", OWN_SCRIPT);
@@ -406,10 +385,11 @@ fn nothing_about_the_token_stops_the_users_own_script() {
         .filter(|l| !l.contains(": Info: "))
         .collect();
     assert_eq!(errors.len(), 1, "{complaints:#?}");
-    assert!(
-        errors[0].contains("Error: deltapush-mda: cache dir "),
-        "{complaints:#?}"
+    let cache_dir = format!(
+        "Error: deltapush-mda: cache dir {}: ",
+        site.cache_dir("fin").display()
     );
+    assert!(errors[0].contains(&cache_dir), "{complaints:#?}");
     assert!(!site.server.log().contains(&eve[8..40]));
 
     // Not even a program that cannot be run.
@@ -437,6 +417,7 @@ fn a_second_device_is_woken_too() {
     // A was woken a moment ago: its interval is made to be over.
     backdate(
         &site.cache_dir("fay").join(sha256_hex(a.as_bytes())),
+        "notified",
         Duration::from_secs(60),
     );
     site.deliver("fay", &plain(2));
@@ -455,7 +436,7 @@ fn a_message_inside_the_interval_is_not_held_for_its_wakeup() {
     assert_posts(&site.relay, &[&token]);
     // 2 s of the 10 s interval left, for the wakeup the next message gets.
     let state = site.cache_dir("hal").join(sha256_hex(token.as_bytes()));
-    backdate(&state, Duration::from_secs(8));
+    backdate(&state, "notified", Duration::from_secs(8));
 
     // Dovecot answers once the program's output ends: the sender it leaves behind must not
     // hold that up.
@@ -466,52 +447,12 @@ fn a_message_inside_the_interval_is_not_held_for_its_wakeup() {
     );
     assert!(d.took() < Duration::from_secs(1), "{d:?}");
     assert_posts(&site.relay, &[&token]);
-    let waited = Instant::now();
-    while site.relay.requests().len() < 2 {
-        assert!(
-            waited.elapsed() < Duration::from_secs(5),
-            "no deferred wakeup"
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(Duration::from_secs(5), "the deferred wakeup", || {
+        site.relay.requests().len() == 2
+    });
     assert_posts(&site.relay, &[&token, &token]);
     assert_eq!(site.server.folder("hal", "INBOX").len(), 2);
     site.assert_quiet_log();
-}
-
-/// Moves a token state's last notification `by` into the past: the `notified` line, or the
-/// file's mtime for a state file without one.
-fn backdate(state: &Path, by: Duration) {
-    let text = fs::read_to_string(state)
-        .unwrap_or_else(|e| panic!("no token state at {}: {e}", state.display()));
-    let mut found = false;
-    let lines: Vec<String> = text
-        .lines()
-        .map(|line| match line.strip_prefix("notified ") {
-            Some(when) => {
-                found = true;
-                let when: f64 = when.trim().parse().unwrap();
-                format!("notified {:.3}", when - by.as_secs_f64())
-            }
-            None => line.to_string(),
-        })
-        .collect();
-    if found {
-        let tmp = state.with_extension("backdating");
-        fs::write(&tmp, lines.join("\n") + "\n").unwrap();
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).unwrap();
-        MailUser::get().own(&tmp);
-        fs::rename(&tmp, state).unwrap();
-    } else {
-        let then = SystemTime::now() - by;
-        assert!(then > UNIX_EPOCH);
-        fs::File::options()
-            .write(true)
-            .open(state)
-            .unwrap()
-            .set_modified(then)
-            .unwrap();
-    }
 }
 
 #[test]

@@ -6,27 +6,9 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use common::{PLAIN, Relay, Reply, Sandbox, sha256_hex, shown, token};
-
-/// Rewrites one `KEY TIME` line of a token state, as if it had been written `ago` earlier.
-fn backdate(path: &std::path::Path, key: &str, ago: Duration) {
-    let secs = (SystemTime::now() - ago)
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let text = fs::read_to_string(path).unwrap();
-    assert!(text.contains(&format!("\n{key} ")), "{text}");
-    let text: String = text
-        .lines()
-        .map(|l| match l.starts_with(&format!("{key} ")) {
-            true => format!("{key} {secs}.000\n"),
-            false => format!("{l}\n"),
-        })
-        .collect();
-    fs::write(path, text).unwrap();
-}
+use common::{Input, PLAIN, Relay, Reply, Sandbox, backdate, shown, token};
 
 #[test]
 fn devices_that_register_in_turn_all_get_push() {
@@ -44,7 +26,7 @@ fn devices_that_register_in_turn_all_get_push() {
     assert_eq!(relay.bodies(), [&a, &b, &a].map(|t| t.as_str()));
 
     // The token is kept in its own state file, private, never in a file name.
-    let state = sb.cache_dir().join(sha256_hex(a.as_bytes()));
+    let state = sb.state(&a);
     assert_eq!(
         fs::metadata(&state).unwrap().permissions().mode() & 0o777,
         0o600
@@ -55,12 +37,8 @@ fn devices_that_register_in_turn_all_get_push() {
     }
 
     // --check lists them by kind and fingerprint only.
-    let out = sb
-        .cmd()
-        .args(["--check", "--remember", "--url", &relay.url])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    let out = sb.run(&["--check", "--remember", "--url", &relay.url], Input::Null);
+    let stdout = out.stdout;
     for t in [&a, &b] {
         assert!(
             stdout.contains(&format!("ok    token {}: last notified ", shown(t))),
@@ -92,7 +70,7 @@ fn a_token_not_given_for_90_days_is_forgotten() {
         PLAIN.as_ref(),
         &["--remember", "--interval", "0", &old],
     );
-    let state = sb.cache_dir().join(sha256_hex(old.as_bytes()));
+    let state = sb.state(&old);
     backdate(&state, "seen", Duration::from_secs(90 * 24 * 3600 + 60));
     assert_eq!(
         sb.deliver(
@@ -133,7 +111,7 @@ fn a_gone_token_is_forgotten() {
     // The new token was answered 410 too (the relay's default): both lines, nothing else.
     assert_eq!(stderr.lines().count(), 2, "{stderr}");
     relay.set_default(Reply::Status(200));
-    let state = sb.cache_dir().join(sha256_hex(dead.as_bytes()));
+    let state = sb.state(&dead);
     assert!(!fs::read_to_string(&state).unwrap().contains(dead.as_str()));
     let third = token(7);
     assert_eq!(

@@ -5,10 +5,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::realmail::{Ca, Daemon, MailUser, free_port, require, wait_listening};
+use super::realmail::{Ca, Daemon, MailUser, free_port, poll, require, wait_listening};
 use super::realmail::{Ran, run_with_input};
 
 /// The account, as the example files spell it, so they need no change but the password.
@@ -118,6 +117,15 @@ impl Dovecot {
 
     /// Delivers a message the way an MTA does: written into tmp/, then renamed into new/.
     pub fn deliver(&self, message: &[u8]) {
+        self.store(message, "new", "");
+    }
+
+    /// Puts a message into INBOX as one that was read long ago: in cur/ with the \Seen flag.
+    pub fn deliver_seen(&self, message: &[u8]) {
+        self.store(message, "cur", ":2,S");
+    }
+
+    fn store(&self, message: &[u8], sub: &str, flags: &str) {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
         let name = format!(
             "{}.M{}P{}Q{}.deltapush-test",
@@ -129,7 +137,7 @@ impl Dovecot {
         let tmp = self.maildir.join("tmp").join(&name);
         fs::write(&tmp, message).unwrap();
         self.mail_user.own(&tmp);
-        fs::rename(&tmp, self.maildir.join("new").join(&name)).unwrap();
+        fs::rename(&tmp, self.maildir.join(sub).join(name + flags)).unwrap();
     }
 
     /// Every message in INBOX, with its \Seen flag as Dovecot stored it in the file name.
@@ -174,24 +182,17 @@ impl Dovecot {
     /// Waits until a client idles, panicking with `client()` (what the client said) and the
     /// server log after `limit`.
     pub fn wait_idle(&self, limit: Duration, client: impl Fn() -> String) {
-        let deadline = Instant::now() + limit;
-        while !self.idling() {
-            assert!(
-                Instant::now() < deadline,
-                "no IMAP client went into IDLE within {limit:?}; {}\ndovecot log:\n{}",
-                client(),
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
+        assert!(
+            poll(limit, || self.idling()).is_some(),
+            "no IMAP client went into IDLE within {limit:?}; {}\ndovecot log:\n{}",
+            client(),
+            self.log()
+        );
     }
 }
 
-// What follows serves tests/dovecot.rs; the other suites that include this file use none of it.
-
 /// The service settings that let Dovecot run without root: every service as the one user it
 /// has, no chroot for the login process (the string to put in its `service` block).
-#[allow(dead_code)]
 pub fn unprivileged_conf(mail_user: &MailUser) -> (String, &'static str) {
     if mail_user.is_root_switch() {
         return (String::new(), "");
@@ -215,7 +216,6 @@ pub fn unprivileged_conf(mail_user: &MailUser) -> (String, &'static str) {
 /// same host may log in without TLS). Every user has a home of its own with `~/Maildir`, and a
 /// user Sieve script at `~/.dovecot.sieve`, as Debian's 90-sieve.conf has it. Like Debian's
 /// dovecot.conf, it includes every `conf.d/*.conf`. Stopped when dropped.
-#[allow(dead_code)]
 pub struct MailServer {
     pub imap_port: u16,
     pub lmtp_port: u16,
@@ -224,10 +224,8 @@ pub struct MailServer {
     _daemon: Daemon,
 }
 
-#[allow(dead_code)]
 pub const DOMAIN: &str = "example.org";
 
-#[allow(dead_code)]
 impl MailServer {
     /// Starts one with `users` (local parts) and the `conf_d` files (name, text) in place.
     pub fn start(
@@ -372,7 +370,6 @@ impl MailServer {
     }
 }
 
-#[allow(dead_code)]
 impl Stored {
     /// The IMAP flags as Maildir letters (`S` seen, `F` flagged, ...).
     pub fn flags(&self) -> &str {

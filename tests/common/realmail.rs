@@ -38,13 +38,30 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Polls `cond` every 5 ms until it holds, for at most `limit`: how long it took, or `None`.
+/// The one polling loop of the tests: they never sleep for a fixed time.
+pub fn poll(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() >= limit {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// [`poll`], panicking with `what` after `limit`. Returns how long it took.
+pub fn wait_for(limit: Duration, what: &str, cond: impl FnMut() -> bool) -> Duration {
+    poll(limit, cond).unwrap_or_else(|| panic!("{what} did not happen within {limit:?}"))
+}
+
 /// Waits until `port` accepts connections, or panics with `why()` once `daemon` died or 10 s passed.
 pub fn wait_listening(port: u16, daemon: &mut Daemon, why: impl Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
+    let limit = Duration::from_secs(10);
+    let up = poll(limit, || {
         if let Some(status) = daemon.exited() {
             panic!(
                 "{} exited ({status}) before listening on {port}: {}",
@@ -52,14 +69,14 @@ pub fn wait_listening(port: u16, daemon: &mut Daemon, why: impl Fn() -> String) 
                 why()
             );
         }
-        assert!(
-            Instant::now() < deadline,
-            "{} not listening on {port} after 10 s: {}",
-            daemon.name,
-            why()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(
+        up.is_some(),
+        "{} not listening on {port} after {limit:?}: {}",
+        daemon.name,
+        why()
+    );
 }
 
 /// A program started by a test, in a process group of its own: dropping it (also when the test
@@ -101,28 +118,19 @@ impl Daemon {
 
     /// Waits up to `limit` for the program to end by itself; kills the group if it does not.
     pub fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.exited() {
-                // The leader is gone; anything it left behind in its group goes too.
-                signal_group(self.pid(), libc::SIGKILL);
-                return status;
-            }
-            if Instant::now() >= deadline {
-                self.stop();
-                panic!("{} still running after {limit:?}; killed it", self.name);
-            }
-            thread::sleep(Duration::from_millis(10));
+        if poll(limit, || self.exited().is_some()).is_none() {
+            self.stop();
+            panic!("{} still running after {limit:?}; killed it", self.name);
         }
+        // The leader is gone; anything it left behind in its group goes too.
+        signal_group(self.pid(), libc::SIGKILL);
+        self.status.unwrap()
     }
 
     fn stop(&mut self) {
         let pid = self.pid();
         signal_group(pid, libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while self.exited().is_none() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(10));
-        }
+        poll(Duration::from_secs(3), || self.exited().is_some());
         signal_group(pid, libc::SIGKILL);
         if self.status.is_none() {
             self.status = self.child.wait().ok();
