@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import smtplib
+import socket
 import statistics
 import subprocess
 import sys
@@ -105,8 +106,6 @@ def serve_relay(queue, ready):
 
 
 def free_port():
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -190,6 +189,8 @@ class Dovecot:
                 f"passdb {{\n  driver = passwd-file\n  args = {d}/passwd\n}}\n"
                 f"userdb {{\n  driver = passwd-file\n  args = {d}/passwd\n}}\n"
                 "mail_location = maildir:~/Maildir\n"
+                # The process title says IDLE while a client idles: the getmail route waits on it.
+                "verbose_proctitle = yes\n"
                 "plugin {\n  sieve = file:~/sieve;active=~/.dovecot.sieve\n}\n"
                 + unprivileged
                 + f"service imap-login {{\n{login_chroot}  inet_listener imap {{\n    port = 0\n  }}\n"
@@ -202,8 +203,6 @@ class Dovecot:
         self.proc = subprocess.Popen(
             ["dovecot", "-F", "-c", self.conf], start_new_session=True, stdin=subprocess.DEVNULL
         )
-        import socket
-
         deadline = time.monotonic() + 10
         for port in (self.imaps_port, self.lmtp_port):
             while True:
@@ -266,6 +265,21 @@ class Dovecot:
         if code != 250:
             die(f"LMTP DATA for {to}: {code} {reply}")
         return start, time.monotonic()
+
+    def wait_idle(self, user, limit=20):
+        """Waits until an IMAP session of `user` is in IDLE (from its process title)."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        title = f.read().decode(errors="replace")
+                except OSError:
+                    continue
+                if f"[{user}@example.org " in title and " IDLE]" in title:
+                    return
+            time.sleep(0.01)
+        die(f"no IMAP session of {user} went into IDLE within {limit} s")
 
     def stored(self, user):
         maildir = os.path.join(self.homes[user], "Maildir")
@@ -503,8 +517,7 @@ def main():
         )
         with open(os.path.join(home, ".config/getmail/deltapush"), "w") as f:
             f.write(rc)
-        for p in ("tokens",):
-            os.chmod(os.path.join(home, ".config/deltapush-mda", p), 0o600)
+        os.chmod(os.path.join(home, ".config/deltapush-mda/tokens"), 0o600)
         chown_tree(home, uid, gid)
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -513,23 +526,23 @@ def main():
             # Every message posts, as the first of an interval does.
             "DELTAPUSH_INTERVAL": "0",
         }
+        with open(os.path.join(ROOT, "examples/getmail/deltapush@.service")) as f:
+            unit = f.read()
+        command = re.search(r"^ExecStart=(.*)$", unit, re.M).group(1).replace("%i", "deltapush")
         getmail = subprocess.Popen(
-            ["getmail", "--rcfile", "deltapush", "--idle", "INBOX"],
+            command.split(),
             env=env, cwd=home, start_new_session=True, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "getmail.err"), "w"),
             user=uid if switch else None, group=gid if switch else None,
         )
         idle_lat = []
-        for i in range(idle_samples + 1):
-            # getmail is back in IDLE well within a second of its last message.
-            time.sleep(1.5 if i else 3)
+        for i in range(idle_samples):
+            dc.wait_idle("idle")
             conn = dc.lmtp()
             start, _ = dc.deliver(conn, 1000 + i, "idle")
             conn.quit()
-            t = relay.wait_for(idle, i + 1) - start
+            idle_lat.append(relay.wait_for(idle, i + 1) - start)
             expect(relay, idle, i + 1, "getmail --idle")
-            if i:  # the first one also pays getmail's start
-                idle_lat.append(t)
         if getmail.poll() is not None:
             die("getmail --idle ended: " + open(os.path.join(work, "getmail.err")).read())
 
