@@ -399,10 +399,15 @@ mod tests {
 
     #[test]
     fn skips_from_line_only_at_the_start() {
-        assert_eq!(header_of(b"From x@y Mon\nA: 1\n\nb"), b"A: 1\n\n");
-        assert_eq!(header_of(b"A: 1\nFrom x@y\n\nb"), b"A: 1\nFrom x@y\n\n");
-        assert_eq!(header_of(b"Fro"), b"Fro");
-        assert_eq!(header_of(b"From: a@b\n\n"), b"From: a@b\n\n");
+        let cases: [(&[u8], &[u8]); 4] = [
+            (b"From x@y Mon\nA: 1\n\nb", b"A: 1\n\n"),
+            (b"A: 1\nFrom x@y\n\nb", b"A: 1\nFrom x@y\n\n"),
+            (b"Fro", b"Fro"),
+            (b"From: a@b\n\n", b"From: a@b\n\n"),
+        ];
+        for (input, header) in cases {
+            assert_eq!(header_of(input), header, "{input:?}");
+        }
     }
 
     #[test]
@@ -566,11 +571,9 @@ mod tests {
 
     #[test]
     fn first_word_edges() {
-        assert_eq!(first_word(b""), b"");
-        assert_eq!(first_word(b"   "), b"");
-        assert_eq!(first_word(b"(unclosed"), b"");
-        assert_eq!(first_word(b" a b"), b"a");
-        assert_eq!(first_word(b"x;y"), b"x");
+        let values: [&[u8]; 5] = [b"", b"   ", b"(unclosed", b" a b", b"x;y"];
+        let words: Vec<&[u8]> = values.into_iter().map(first_word).collect();
+        assert_eq!(words, [&b""[..], b"", b"", b"a", b"x"]);
     }
 
     /// Every input the fuzzer kept, the hostile corpus and real mail: the header read does not

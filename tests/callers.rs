@@ -17,6 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::dovecot::Dovecot;
+use common::examples::render;
 use common::realmail::{Ca, Daemon, MailUser, Ran, require, run, run_with_input, wait_for};
 use common::{Relay, not_notified_around, refused_url, sha256_hex, token, write_legacy_state};
 
@@ -154,24 +155,6 @@ impl Home {
             })
             .sum()
     }
-}
-
-/// An example file with the listed values replaced; each must occur exactly as often as given,
-/// so an edited example cannot silently stop being the file under test.
-fn render(example: &str, subs: &[(&str, usize, &str)]) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
-        .join(example);
-    let mut text = fs::read_to_string(&path).unwrap();
-    for (from, count, to) in subs {
-        assert_eq!(
-            text.matches(from).count(),
-            *count,
-            "examples/{example} should contain `{from}` {count} time(s)"
-        );
-        text = text.replace(from, to);
-    }
-    text
 }
 
 fn getmailrc(w: &World, dc: &Dovecot, home: &Home, ca_certs: Option<&Path>) -> String {

@@ -7,10 +7,6 @@
 //! Each scenario has a Dovecot of its own (0.3 s to start), so its log holds its own lines only.
 
 mod common;
-#[path = "common/examples.rs"]
-mod examples;
-#[path = "common/lmtp.rs"]
-mod lmtp;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -18,10 +14,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::dovecot::MailServer;
+use common::examples::render;
+use common::lmtp::{Delivery, Imap, Lmtp};
 use common::realmail::{MailUser, Ran, require, wait_for};
 use common::{Relay, Reply, backdate, senders, sha256_hex};
-use examples::render;
-use lmtp::{Delivery, Imap, Lmtp};
 
 /// The shipped relay, as the Sieve script names it.
 const RELAY: &str = "https://notifications.delta.chat/notify";

@@ -10,6 +10,15 @@ use std::time::Duration;
 
 use common::{Input, PLAIN, Relay, Reply, Sandbox, backdate, shown, token};
 
+/// One delivery that remembers `token`, with no interval in the way: (exit code, stderr).
+fn given(sb: &Sandbox, relay: &Relay, token: &str) -> (i32, String) {
+    sb.deliver(
+        relay,
+        PLAIN,
+        &["--remember", "--interval", "0", "--", token],
+    )
+}
+
 #[test]
 fn devices_that_register_in_turn_all_get_push() {
     let sb = Sandbox::new();
@@ -65,29 +74,14 @@ fn a_token_not_given_for_90_days_is_forgotten() {
     let sb = Sandbox::new();
     let relay = Relay::start();
     let (old, new) = (token(3), token(4));
-    sb.deliver(
-        &relay,
-        PLAIN.as_ref(),
-        &["--remember", "--interval", "0", &old],
-    );
+    given(&sb, &relay, &old);
     let state = sb.state(&old);
     backdate(&state, "seen", Duration::from_secs(90 * 24 * 3600 + 60));
-    assert_eq!(
-        sb.deliver(
-            &relay,
-            PLAIN.as_ref(),
-            &["--remember", "--interval", "0", &new]
-        ),
-        (0, String::new())
-    );
+    assert_eq!(given(&sb, &relay, &new), (0, String::new()));
     assert_eq!(relay.bodies(), [&old, &new].map(|t| t.as_str()));
     // Forgotten for good: the token is gone from its state file.
     assert!(!fs::read_to_string(&state).unwrap().contains(old.as_str()));
-    sb.deliver(
-        &relay,
-        PLAIN.as_ref(),
-        &["--remember", "--interval", "0", &new],
-    );
+    given(&sb, &relay, &new);
     assert_eq!(relay.bodies(), [&old, &new, &new].map(|t| t.as_str()));
 }
 
@@ -96,17 +90,9 @@ fn a_gone_token_is_forgotten() {
     let sb = Sandbox::new();
     let relay = Relay::scripted(Reply::Status(200), []);
     let (dead, alive) = (token(5), token(6));
-    sb.deliver(
-        &relay,
-        PLAIN.as_ref(),
-        &["--remember", "--interval", "0", &dead],
-    );
+    given(&sb, &relay, &dead);
     relay.set_default(Reply::Status(410));
-    let (code, stderr) = sb.deliver(
-        &relay,
-        PLAIN.as_ref(),
-        &["--remember", "--interval", "0", &alive],
-    );
+    let (code, stderr) = given(&sb, &relay, &alive);
     assert_eq!(code, 0);
     // The new token was answered 410 too (the relay's default): both lines, nothing else.
     assert_eq!(stderr.lines().count(), 2, "{stderr}");
@@ -114,14 +100,7 @@ fn a_gone_token_is_forgotten() {
     let state = sb.state(&dead);
     assert!(!fs::read_to_string(&state).unwrap().contains(dead.as_str()));
     let third = token(7);
-    assert_eq!(
-        sb.deliver(
-            &relay,
-            PLAIN.as_ref(),
-            &["--remember", "--interval", "0", &third]
-        ),
-        (0, String::new())
-    );
+    assert_eq!(given(&sb, &relay, &third), (0, String::new()));
     // Neither dead token was posted again.
     assert_eq!(
         relay.bodies(),

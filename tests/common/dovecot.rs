@@ -32,7 +32,6 @@ pub struct Stored {
 
 impl Dovecot {
     pub fn start(dir: &Path, ca: &Ca, mail_user: MailUser) -> Dovecot {
-        let dovecot = require("dovecot");
         let d = |name: &str| dir.join(name);
         let maildir = d("mail/Maildir");
         for sub in ["cur", "new", "tmp"] {
@@ -54,25 +53,7 @@ impl Dovecot {
             ),
         )
         .unwrap();
-        // Unprivileged, Dovecot runs every service as the one user it has and cannot chroot.
-        let unprivileged = if mail_user.is_root_switch() {
-            String::new()
-        } else {
-            let me = mail_user.name();
-            format!(
-                "default_internal_user = {me}\ndefault_login_user = {me}\n\
-                 service anvil {{\n  chroot =\n}}\n\
-                 service stats {{\n  unix_listener stats-writer {{\n    group =\n  }}\n}}\n\
-                 service imap-hibernate {{\n  unix_listener imap-hibernate {{\n    group =\n  }}\n}}\n\
-                 service dict {{\n  unix_listener dict {{\n    group =\n  }}\n}}\n\
-                 service dict-async {{\n  unix_listener dict-async {{\n    group =\n  }}\n}}\n"
-            )
-        };
-        let login_chroot = if mail_user.is_root_switch() {
-            ""
-        } else {
-            "  chroot =\n"
-        };
+        let (unprivileged, login_chroot) = unprivileged_conf(&mail_user);
         let config = format!(
             "base_dir = {run}\nstate_dir = {state}\nlog_path = {log}\n\
              protocols = imap\nlisten = 127.0.0.1\n\
@@ -96,14 +77,7 @@ impl Dovecot {
             passwd = d("passwd").display(),
             maildir = maildir.display(),
         );
-        fs::write(d("dovecot.conf"), config).unwrap();
-        let mut cmd = Command::new(dovecot);
-        cmd.arg("-F").arg("-c").arg(d("dovecot.conf"));
-        let mut daemon = Daemon::spawn("dovecot", cmd);
-        let log = d("dovecot.log");
-        wait_listening(port, &mut daemon, || {
-            fs::read_to_string(&log).unwrap_or_default()
-        });
+        let daemon = run_dovecot(dir, &config, &[port]);
         Dovecot {
             port,
             password,
@@ -142,19 +116,7 @@ impl Dovecot {
 
     /// Every message in INBOX, with its \Seen flag as Dovecot stored it in the file name.
     pub fn messages(&self) -> Vec<Stored> {
-        let mut all = Vec::new();
-        for sub in ["new", "cur"] {
-            for entry in fs::read_dir(self.maildir.join(sub)).unwrap() {
-                let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-                let flags = name.split_once(":2,").map(|(_, f)| f).unwrap_or("");
-                all.push(Stored {
-                    seen: sub == "cur" && flags.contains('S'),
-                    name,
-                });
-            }
-        }
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        all
+        stored(&self.maildir)
     }
 
     pub fn log(&self) -> String {
@@ -234,7 +196,6 @@ impl MailServer {
         users: &[&str],
         conf_d: &[(&str, String)],
     ) -> MailServer {
-        let dovecot = require("dovecot");
         let d = |name: &str| dir.join(name);
         for sub in ["run", "state", "conf.d", "home"] {
             fs::create_dir_all(d(sub)).unwrap();
@@ -279,16 +240,7 @@ impl MailServer {
             passwd = d("passwd").display(),
             conf_d = d("conf.d").display(),
         );
-        fs::write(d("dovecot.conf"), config).unwrap();
-        let mut cmd = Command::new(dovecot);
-        cmd.arg("-F").arg("-c").arg(d("dovecot.conf"));
-        let mut daemon = Daemon::spawn("dovecot", cmd);
-        let log = d("dovecot.log");
-        for port in [imap_port, lmtp_port] {
-            wait_listening(port, &mut daemon, || {
-                fs::read_to_string(&log).unwrap_or_default()
-            });
-        }
+        let daemon = run_dovecot(dir, &config, &[imap_port, lmtp_port]);
         MailServer {
             imap_port,
             lmtp_port,
@@ -351,22 +303,7 @@ impl MailServer {
         if folder != "INBOX" {
             maildir = maildir.join(format!(".{folder}"));
         }
-        let mut all = Vec::new();
-        for sub in ["new", "cur"] {
-            let Ok(entries) = fs::read_dir(maildir.join(sub)) else {
-                continue;
-            };
-            for entry in entries {
-                let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-                let flags = name.split_once(":2,").map(|(_, f)| f).unwrap_or("");
-                all.push(Stored {
-                    seen: sub == "cur" && flags.contains('S'),
-                    name,
-                });
-            }
-        }
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        all
+        stored(&maildir)
     }
 }
 
@@ -375,4 +312,42 @@ impl Stored {
     pub fn flags(&self) -> &str {
         self.name.split_once(":2,").map(|(_, f)| f).unwrap_or("")
     }
+}
+
+/// Every message of a Maildir folder (none when it does not exist yet), with its \Seen flag as
+/// Dovecot stored it in the file name.
+fn stored(maildir: &Path) -> Vec<Stored> {
+    let mut all = Vec::new();
+    for sub in ["new", "cur"] {
+        let Ok(entries) = fs::read_dir(maildir.join(sub)) else {
+            continue;
+        };
+        for entry in entries {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            let flags = name.split_once(":2,").map(|(_, f)| f).unwrap_or("");
+            all.push(Stored {
+                seen: sub == "cur" && flags.contains('S'),
+                name,
+            });
+        }
+    }
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    all
+}
+
+/// Starts Dovecot in the foreground with `config` (written to `dir/dovecot.conf`, logging to
+/// `dir/dovecot.log`) and waits until it listens on every port.
+fn run_dovecot(dir: &Path, config: &str, ports: &[u16]) -> Daemon {
+    let conf = dir.join("dovecot.conf");
+    fs::write(&conf, config).unwrap();
+    let mut cmd = Command::new(require("dovecot"));
+    cmd.arg("-F").arg("-c").arg(&conf);
+    let mut daemon = Daemon::spawn("dovecot", cmd);
+    let log = dir.join("dovecot.log");
+    for &port in ports {
+        wait_listening(port, &mut daemon, || {
+            fs::read_to_string(&log).unwrap_or_default()
+        });
+    }
+    daemon
 }

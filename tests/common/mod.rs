@@ -1,10 +1,13 @@
 //! The one test harness: a sandbox per test and the one way to run the binary in it (everything
 //! it writes is checked for panics and for tokens), the one stand-in relay on 127.0.0.1 that
 //! records its hits, TLS in front of it, realistic tokens, and each expected line built in one
-//! place. `realmail` drives the real mail programs; `dovecot` is an IMAP server of a test's own.
+//! place. `realmail` drives the real mail programs; `dovecot` is a mail server of a test's own,
+//! `lmtp` the clients that talk to it, and `examples` the shipped files as the tests render them.
 #![allow(dead_code)]
 
 pub mod dovecot;
+pub mod examples;
+pub mod lmtp;
 pub mod realmail;
 
 use std::collections::{BTreeSet, VecDeque};
