@@ -7,7 +7,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
@@ -33,6 +33,8 @@ pub struct Request {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// When the relay had read the whole request: the moment the phone would be woken.
+    pub at: Instant,
 }
 
 impl Request {
@@ -95,6 +97,14 @@ impl Relay {
         self.requests()
             .into_iter()
             .map(|r| String::from_utf8(r.body).unwrap())
+            .collect()
+    }
+
+    /// The POSTs received, in order (`--check` sends a GET, which is not a wakeup).
+    pub fn posts(&self) -> Vec<Request> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == "POST")
             .collect()
     }
 
@@ -173,6 +183,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
         path,
         headers,
         body,
+        at: Instant::now(),
     })
 }
 
@@ -313,4 +324,17 @@ pub fn shown(token: &str) -> String {
         },
     );
     format!("{kind}#{}", &sha256_hex(token.as_bytes())[..8])
+}
+
+/// Polls `cond` every 5 ms; panics with `what` after `limit`. Returns how long it took.
+pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "{what} did not happen within {limit:?}"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    start.elapsed()
 }
