@@ -189,13 +189,17 @@ impl Case {
         }
     }
 
+    fn interval_arg(&self) -> String {
+        format!("{}ms", self.interval.as_millis())
+    }
+
     /// The binary with the relay, the interval, `extra` and the token.
     fn command(&self, extra: &[&str]) -> Command {
         let mut cmd = self.sb.std_cmd();
         cmd.arg("--url")
             .arg(&self.relay.url)
             .arg("--interval")
-            .arg(format!("{}ms", self.interval.as_millis()))
+            .arg(self.interval_arg())
             .args(extra)
             .arg(&self.token);
         cmd
@@ -438,6 +442,9 @@ fn wakeup_contract_with_the_stand_in_relay() {
         ("soak of 200", soak_of_200),
         ("refused deferred POST", refused_deferred_post),
         ("unreachable deferred POST", unreachable_deferred_post),
+        ("deferred POST retried", deferred_post_retried),
+        ("deferred POST paused", deferred_post_paused),
+        ("deferred POST gone", deferred_post_gone),
         ("dry run", dry_run),
         ("interval 0", interval_zero),
         (
@@ -450,7 +457,7 @@ fn wakeup_contract_with_the_stand_in_relay() {
 /// One message inside the interval: one deferred POST when the interval ends; the run that
 /// defers returns long before it; `--check` shows the wakeup while it is due.
 fn single_message() {
-    let c = Case::new(1, 2000);
+    let c = Case::new(1, 3000);
     let (_, post1) = c.first_post();
 
     let d = c.run_inside(post1, &["-v"]);
@@ -519,7 +526,7 @@ fn single_message() {
 
 /// 30 messages at once inside the interval: one deferred POST for all, one sender at a time.
 fn burst_of_30() {
-    let c = Case::new(2, 2000);
+    let c = Case::new(2, 3000);
     let (_, post1) = c.first_post();
     let (runs, most) = counting_senders(&c, || {
         let children: Vec<_> = (0..30).map(|_| c.spawn(c.command(&[]))).collect();
@@ -582,7 +589,7 @@ fn steady_stream() {
 /// The caller's whole process group is killed right after the run deferred: the sender, in a
 /// session of its own, still posts.
 fn caller_killed() {
-    let c = Case::new(4, 1500);
+    let c = Case::new(4, 2500);
     let (_, post1) = c.first_post();
     let msg = c.sb.write("message", PLAIN);
     let status = c.sb.home.path().join("status");
@@ -631,7 +638,7 @@ fn caller_killed() {
 /// closed once the run is gone, long before the deferred POST; the sender holds its stdin (a
 /// pipe of its own), /dev/null and its waiter lock, and its command line has no token.
 fn descriptors() {
-    let c = Case::new(5, 1500);
+    let c = Case::new(5, 2500);
     let (_, post1) = c.first_post();
 
     // Two pipes as a careless caller (Dovecot hands over about 20) leaves them: open and not
@@ -733,7 +740,7 @@ fn pipe() -> (OwnedFd, OwnedFd) {
 /// A sender killed with SIGKILL while it waits blocks nothing: the next message defers again,
 /// through a new sender, and its POST arrives.
 fn sender_killed() {
-    let c = Case::new(6, 2000);
+    let c = Case::new(6, 3000);
     let (_, post1) = c.first_post();
     let d = c.run_inside(post1, &[]);
     assert_eq!(d.said(), (0, ""));
@@ -792,7 +799,7 @@ fn soak_of_200() {
 /// shows it as a failure until then.
 fn refused_deferred_post() {
     let relay = Relay::scripted(Reply::Status(200), [Reply::Status(200), Reply::Status(404)]);
-    let c = Case::with_relay(8, 1000, relay);
+    let c = Case::with_relay(8, 2000, relay);
     let (_, post1) = c.first_post();
     let d = c.run_inside(post1, &[]);
     assert_eq!(d.said(), (0, ""));
@@ -808,12 +815,20 @@ fn refused_deferred_post() {
 /// The deferred POST finds no relay at all (the run gave a URL whose port refuses): the same
 /// report, with whatever the network said.
 fn unreachable_deferred_post() {
-    let c = Case::new(9, 1000);
+    let c = Case::new(9, 2000);
     let (_, post1) = c.first_post();
     let down = format!("http://127.0.0.1:{}/notify", refused_port());
     let mut cmd = c.sb.std_cmd();
-    cmd.args(["--url", &down, "--interval", "1s", "--timeout", "1s", "-v"])
-        .arg(&c.token);
+    cmd.args([
+        "--url",
+        &down,
+        "--interval",
+        &c.interval_arg(),
+        "--timeout",
+        "1s",
+        "-v",
+    ])
+    .arg(&c.token);
     let d = finish(c.spawn(cmd));
     assert_eq!(d.code, 0);
     deferred_secs(&c, &d.stderr);
@@ -828,6 +843,94 @@ fn unreachable_deferred_post() {
     assert_eq!(c.posts().len(), 1);
     let text = assert_failure_reported(&c, failed_at, None);
     println!("unreachable deferred POST: {text}");
+}
+
+/// The deferred POST meets a 503: the sender tries again within --timeout, and the wakeup
+/// counts (notified, nothing pending, nothing to report).
+fn deferred_post_retried() {
+    let script = [Reply::Status(200), Reply::Status(503), Reply::Status(200)];
+    let c = Case::with_relay(13, 2000, Relay::scripted(Reply::Status(200), script));
+    let (_, post1) = c.first_post();
+    // The sender gets the run's --timeout.
+    let d = c.run_inside(post1, &["--timeout", "3s"]);
+    assert_eq!(d.said(), (0, ""));
+    let posts = c.settle();
+    assert_eq!(posts.len(), 3, "the deferred POST and its retry");
+    c.assert_one_interval(post1, posts[1]);
+    assert!(posts[2] - posts[1] < Duration::from_secs(3));
+    assert_settled_state(&c);
+}
+
+/// The relay answers the deferred POST with 503 and Retry-After: 1: the sender waits out the
+/// pause, then posts again.
+fn deferred_post_paused() {
+    let pause = Reply::With(503, vec![("Retry-After", "1")]);
+    let script = [Reply::Status(200), pause, Reply::Status(200)];
+    let c = Case::with_relay(14, 2000, Relay::scripted(Reply::Status(200), script));
+    let (_, post1) = c.first_post();
+    let d = c.run_inside(post1, &[]);
+    assert_eq!(d.said(), (0, ""));
+    let posts = c.settle();
+    assert_eq!(
+        posts.len(),
+        3,
+        "the deferred POST and the one after the pause"
+    );
+    c.assert_one_interval(post1, posts[1]);
+    let after = posts[2] - posts[1];
+    assert!(
+        after + EARLY >= Duration::from_secs(1) && after <= Duration::from_secs(1) + LATE,
+        "posted again {after:?} after a pause of 1 s"
+    );
+    assert_settled_state(&c);
+}
+
+/// After a deferred POST that finally went through: notified, nothing pending, paused or
+/// failed, and nothing for the next run or `--check` to report.
+fn assert_settled_state(c: &Case) {
+    let state = c.state();
+    assert!(state.contains("\nnotified "), "{state}");
+    for key in ["pending", "paused", "failed", "gone"] {
+        assert!(!state.contains(key), "{state}");
+    }
+    let (code, out) = c.check();
+    assert_eq!(code, 0, "{out}");
+}
+
+/// The relay answers the deferred POST with 410: the token is gone; each run says so and
+/// posts nothing, and `--check` fails on it.
+fn deferred_post_gone() {
+    let script = [Reply::Status(200), Reply::Status(410)];
+    let c = Case::with_relay(15, 2000, Relay::scripted(Reply::Status(200), script));
+    let (_, post1) = c.first_post();
+    let d = c.run_inside(post1, &[]);
+    assert_eq!(d.said(), (0, ""));
+    let posts = c.settle();
+    assert_eq!(posts.len(), 2);
+    c.assert_one_interval(post1, posts[1]);
+    assert!(c.state().contains("\ngone "), "{}", c.state());
+    let advice = " (the relay answered 410); copy the current token from Delta Chat: \
+                  Settings → Advanced → View Log";
+    let d = c.run(&[]);
+    assert_eq!(d.code, 0);
+    let since = d
+        .stderr
+        .strip_prefix(&format!(
+            "deltapush-mda: token {}: gone since ",
+            shown(&c.token)
+        ))
+        .and_then(|rest| rest.strip_suffix(&format!("{advice}\n")))
+        .unwrap_or_else(|| panic!("{:?}", d.stderr));
+    humantime::parse_rfc3339(since).unwrap();
+    assert_eq!(c.posts().len(), 2);
+    let (code, out) = c.check();
+    assert_eq!(code, 78, "{out}");
+    let fail = format!(
+        "FAIL  token {}: gone since {since}{advice}",
+        shown(&c.token)
+    );
+    assert!(out.lines().any(|l| l == fail), "{out}");
+    assert!(c.senders().is_empty());
 }
 
 /// `--check` shows a failed deferred POST (FAIL, 69); the next run prints it once, exit 0, and
@@ -868,7 +971,7 @@ fn assert_failure_reported(c: &Case, failed_at: SystemTime, why: Option<&str>) -
 /// `--dry-run` inside the interval says it would defer, and defers nothing: no pending wakeup,
 /// no waiter lock, no sender.
 fn dry_run() {
-    let c = Case::new(10, 2000);
+    let c = Case::new(10, 3000);
     let (_, post1) = c.first_post();
     let before = c.state();
     let d = c.run_inside(post1, &["--dry-run"]);
@@ -880,7 +983,7 @@ fn dry_run() {
         ))
         .and_then(|rest| rest.strip_suffix(" s (dry run)\n"))
         .unwrap_or_else(|| panic!("{:?}", d.stderr));
-    assert!(["1", "2"].contains(&secs), "{:?}", d.stderr);
+    assert!(["1", "2", "3"].contains(&secs), "{:?}", d.stderr);
     assert_eq!(d.code, 0);
     assert_eq!(c.state(), before);
     assert!(!c.waiter_file().exists());
@@ -903,11 +1006,11 @@ fn interval_zero() {
 /// The token file named in the environment, relative to the caller's directory as a mail
 /// program's environment may give it: the sender, started elsewhere, still posts.
 fn token_file_in_the_environment() {
-    let c = Case::new(12, 1000);
+    let c = Case::new(12, 2000);
     c.sb.write("tokens", format!("{}\n", c.token));
     let run = |extra: &[&str]| {
         let mut cmd = c.sb.std_cmd();
-        cmd.args(["--url", &c.relay.url, "--interval", "1s"])
+        cmd.args(["--url", &c.relay.url, "--interval", &c.interval_arg()])
             .args(extra)
             .env("DELTAPUSH_TOKEN_FILE", "tokens")
             .current_dir(c.sb.home.path());

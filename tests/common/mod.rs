@@ -16,6 +16,8 @@ use tempfile::TempDir;
 pub enum Reply {
     /// Answer with this status and an empty body.
     Status(u16),
+    /// Answer with this status and these extra header fields.
+    With(u16, Vec<(&'static str, &'static str)>),
     /// Read the request, then say nothing and keep the connection open.
     Hang,
     /// Wait this long, then answer with the status.
@@ -125,6 +127,14 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
         };
         match reply {
             Reply::Status(code) => answer(&mut out, code),
+            Reply::With(code, fields) => {
+                let fields: String = fields
+                    .iter()
+                    .map(|(n, v)| format!("{n}: {v}\r\n"))
+                    .collect();
+                let text = format!("HTTP/1.1 {code} X\r\n{fields}Content-Length: 2\r\n\r\nok");
+                let _ = out.write_all(text.as_bytes());
+            }
             Reply::Delay(wait, code) => {
                 thread::sleep(wait);
                 answer(&mut out, code);
