@@ -6,7 +6,7 @@
 //! holds nothing of its caller: no descriptor, no process group, no session, no token on its
 //! command line. A sender's failure is reported by the next run and by `--check`.
 //!
-//! Each case waits on real intervals of 1–4 s, so the cases of each test run side by side in
+//! Each case waits on real intervals of 2–4 s, so the cases of each test run side by side in
 //! threads (a failed case is named, its panic printed above): the file takes about as long as
 //! its longest case, the steady stream.
 
