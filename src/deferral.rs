@@ -46,6 +46,14 @@ pub fn start(config: &Config, token: &Token, waiter: File) -> io::Result<()> {
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    // Its configuration is its command line alone. The caller's DELTAPUSH_* variables would be
+    // read again, in `/`: a DELTAPUSH_TOKEN_FILE relative to the caller's directory stopped
+    // every sender before it read its token, and the wakeup was lost.
+    for (name, _) in std::env::vars_os() {
+        if name.as_encoded_bytes().starts_with(b"DELTAPUSH_") {
+            cmd.env_remove(name);
+        }
+    }
     // SAFETY: only async-signal-safe calls (setsid, dup2, fcntl, close_range) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {

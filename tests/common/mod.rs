@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tempfile::TempDir;
 
 use realmail::free_port;
+pub use realmail::wait_for;
 
 // ---------------------------------------------------------------------------------------------
 // Tokens, and the lines the binary writes about them
@@ -545,6 +546,14 @@ impl Relay {
         }
     }
 
+    /// The POSTs received, in order (`--check` sends a GET, which is not a wakeup).
+    pub fn posts(&self) -> Vec<Request> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == "POST")
+            .collect()
+    }
+
     pub fn set_default(&self, reply: Reply) {
         self.state.lock().unwrap().default = reply;
     }
@@ -811,3 +820,4 @@ pub fn tree(root: &Path) -> BTreeSet<PathBuf> {
 pub fn mode(path: &Path) -> u32 {
     fs::symlink_metadata(path).unwrap().mode() & 0o7777
 }
+
