@@ -136,9 +136,22 @@ fn token_lines(t: &Token, state: &State, config: &Config, now: SystemTime, r: &m
     }
     let next = state.next_post(now, config.interval);
     let left = |due: SystemTime| rounded_up(due.duration_since(now).unwrap_or_default());
-    if state.pending.is_some() {
-        let due = next.unwrap_or(now);
-        line.push_str(&format!("; a deferred wakeup is due in {}", left(due)));
+    if let Some(waiting) = state.pending {
+        // Due once the interval after the last POST is over, and sent within --timeout of that:
+        // a wakeup still waiting long after lost its sender (killed, or the machine restarted).
+        let due = state
+            .notified
+            .map_or(waiting, |last| last + config.interval)
+            .max(state.paused.unwrap_or(waiting));
+        match next {
+            Some(due) => line.push_str(&format!("; a deferred wakeup is due in {}", left(due))),
+            None if now > due + config.timeout + OVERDUE => line.push_str(&format!(
+                "; a deferred wakeup was due {} ago and its sender is gone: the next message \
+                 sends it",
+                rounded(now.duration_since(due).unwrap_or_default())
+            )),
+            None => line.push_str("; a deferred wakeup is due now"),
+        }
     } else if let Some(paused) = state.paused.filter(|&p| p > now) {
         let due = paused.min(now + cache::MAX_PAUSE);
         line.push_str(&format!(
@@ -150,6 +163,9 @@ fn token_lines(t: &Token, state: &State, config: &Config, now: SystemTime, r: &m
     }
     r.ok(&line);
 }
+
+/// Slack for a sender that is late because the machine is busy, not because it is gone.
+const OVERDUE: Duration = Duration::from_secs(5);
 
 fn rounded(d: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(Duration::from_secs(d.as_secs()))

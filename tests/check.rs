@@ -92,6 +92,24 @@ fn relay_up_sends_no_notification() {
             shown(&t)
         )],
     );
+
+    // A wakeup still waiting a minute after its interval ended lost its sender (killed, or the
+    // machine restarted): --check says so, and that the next message sends it.
+    let state = sb.state(&t);
+    let text = std::fs::read_to_string(&state).unwrap();
+    std::fs::write(&state, format!("{text}pending 0\n")).unwrap();
+    common::backdate(&state, "notified", std::time::Duration::from_secs(80));
+    common::backdate(&state, "pending", std::time::Duration::from_secs(75));
+    let (code, lines, _) = check(&sb, &relay.url, &[&t], None);
+    assert_eq!(code, 0);
+    assert_lines(
+        &lines[2..3],
+        &[&format!(
+            "ok    token {}: last notified 1m 2*s ago; a deferred wakeup was due 1m 1*s ago and \
+             its sender is gone: the next message sends it",
+            shown(&t)
+        )],
+    );
 }
 
 #[test]
