@@ -10,247 +10,19 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::dovecot::Dovecot;
 use common::examples::render;
-use common::realmail::{Ca, Daemon, MailUser, Ran, require, run, run_with_input, wait_for};
-use common::{Relay, not_notified_around, refused_url, sha256_hex, token, write_legacy_state};
-
-/// One test's temp dir (traversable by the mail user), CA and mail user.
-struct World {
-    dir: tempfile::TempDir,
-    mail: MailUser,
-    ca: Ca,
-}
-
-impl World {
-    fn new() -> World {
-        let dir = tempfile::Builder::new()
-            .prefix("deltapush-callers-")
-            .tempdir()
-            .unwrap();
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let ca = Ca::new(&dir.path().join("ca"));
-        World {
-            mail: MailUser::get(),
-            ca,
-            dir,
-        }
-    }
-
-    /// A world with a Dovecot, a relay, and a home for `token(n)`.
-    fn for_getmail(n: u32) -> (World, Relay, Dovecot, Home) {
-        let w = World::new();
-        let dc = w.dovecot();
-        let home = w.home("home", &token(n));
-        (w, Relay::start(), dc, home)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        let p = self.dir.path().join(name);
-        fs::create_dir_all(&p).unwrap();
-        p
-    }
-
-    fn dovecot(&self) -> Dovecot {
-        Dovecot::start(&self.path("dovecot"), &self.ca, self.mail)
-    }
-
-    /// A mail user's home with the token file in place and a copy of the binary the user can
-    /// run (the build dir may not be reachable for `nobody`).
-    fn home(&self, name: &str, token: &str) -> Home {
-        self.home_as(name, token, self.mail)
-    }
-
-    fn home_as(&self, name: &str, token: &str, mail: MailUser) -> Home {
-        let path = self.path(name);
-        let conf = path.join(".config/deltapush-mda");
-        fs::create_dir_all(&conf).unwrap();
-        let tokens = conf.join("tokens");
-        fs::write(&tokens, format!("# test phone\n{token}\n")).unwrap();
-        fs::set_permissions(&tokens, fs::Permissions::from_mode(0o600)).unwrap();
-        fs::create_dir_all(path.join("bin")).unwrap();
-        let bin = path.join("bin/deltapush-mda");
-        fs::copy(common::bin(), &bin).unwrap();
-        mail.own(&path);
-        Home {
-            path,
-            bin,
-            token: token.to_string(),
-            mail,
-        }
-    }
-}
-
-struct Home {
-    path: PathBuf,
-    bin: PathBuf,
-    token: String,
-    mail: MailUser,
-}
-
-/// --timeout for every run the callers start: a relay that is down costs this, not the default
-/// 15 s.
-const TIMEOUT: &str = "2s";
-
-impl Home {
-    /// Writes a file into the home, owned by the mail user, mode 0600 (fetchmail and maildrop
-    /// insist).
-    fn put(&self, rel: &str, text: &str) -> PathBuf {
-        let p = self.path.join(rel);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(&p, text).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
-        self.mail.own(p.parent().unwrap());
-        p
-    }
-
-    /// The token state under the default cache dir.
-    fn state(&self) -> PathBuf {
-        self.path
-            .join(".cache/deltapush-mda")
-            .join(sha256_hex(self.token.as_bytes()))
-    }
-
-    /// A command run as the mail user with this home and nothing else inherited.
-    fn cmd(&self, program: &Path, relay_url: &str) -> Command {
-        let mut c = Command::new(program);
-        c.env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("HOME", &self.path)
-            .env("DELTAPUSH_URL", relay_url)
-            .env("DELTAPUSH_TIMEOUT", TIMEOUT)
-            .current_dir(&self.path);
-        self.mail.apply(&mut c);
-        c
-    }
-
-    fn maildir_files(&self) -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = ["new", "cur"]
-            .iter()
-            .flat_map(|sub| fs::read_dir(self.path.join("Maildir").join(sub)).into_iter())
-            .flatten()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        files
-    }
-
-    /// The oldmail file: one line per message getmail has handed over in this home.
-    fn oldmail_lines(&self) -> usize {
-        fs::read_dir(self.path.join(".config/getmail"))
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("oldmail-"))
-            .map(|e| {
-                fs::read_to_string(e.path())
-                    .unwrap_or_default()
-                    .lines()
-                    .count()
-            })
-            .sum()
-    }
-}
-
-fn getmailrc(w: &World, dc: &Dovecot, home: &Home, ca_certs: Option<&Path>) -> String {
-    let port = format!("port = {}", dc.port);
-    let password = format!("password = {}", dc.password);
-    let ca = format!("ca_certs = {}", ca_certs.unwrap_or(&w.ca.cert).display());
-    let path = format!("path = {}", home.bin.display());
-    render(
-        "getmail/getmailrc",
-        &[
-            ("server = imap.example.org", 1, "server = localhost"),
-            ("port = 993", 1, &port),
-            ("password = secret", 1, &password),
-            ("ca_certs = /etc/ssl/certs/ca-certificates.crt", 1, &ca),
-            ("path = /usr/bin/deltapush-mda", 1, &path),
-        ],
-    )
-}
-
-/// getmail with the rc file `~/.config/getmail/<rc>`: once, as a user runs it by hand, or with
-/// `idle` as the systemd unit runs it.
-fn getmail_cmd(home: &Home, rc: &str, relay_url: &str, idle: bool) -> Command {
-    let mut cmd = home.cmd(&require("getmail"), relay_url);
-    if idle {
-        cmd.args(&unit_command(rc)[1..]);
-    } else {
-        cmd.args(["--rcfile", rc]);
-    }
-    // getmail before 6.19.09 installs its SIGCHLD handler only after the fork; an MDA that
-    // exits before that is never reaped, and getmail waits out its `timeout` (180 s) for it
-    // (getmail6 issue 245). On a loaded machine a parent and child on different CPUs hit that
-    // about once in 500 handovers; on one CPU the parent runs on until it waits.
-    // SAFETY: sched_setaffinity(2) is async-signal-safe.
-    let cpu = first_cpu();
-    unsafe {
-        cmd.pre_exec(move || {
-            let mut one: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut one);
-            if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &one) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd
-}
-
-/// The first CPU this process may run on.
-fn first_cpu() -> usize {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set for sched_getaffinity to fill.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set);
-        (0..libc::CPU_SETSIZE as usize)
-            .find(|&cpu| libc::CPU_ISSET(cpu, &set))
-            .unwrap_or(0)
-    }
-}
-
-/// getmail once, to its end.
-fn getmail(home: &Home, rc: &str, relay_url: &str, name: &str) -> Ran {
-    let cmd = getmail_cmd(home, rc, relay_url, false);
-    run(name, cmd, &home.path, Duration::from_secs(60))
-}
-
-/// The getmail command line of the systemd unit, for the rc file `rc`.
-fn unit_command(rc: &str) -> Vec<String> {
-    let unit = fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/getmail/deltapush@.service"),
-    )
-    .unwrap();
-    let line = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("ExecStart="))
-        .expect("the unit has an ExecStart= line");
-    let words: Vec<String> = line
-        .split_whitespace()
-        .map(|w| w.replace("%i", rc))
-        .collect();
-    assert_eq!(words[0], "/usr/bin/getmail", "{line}");
-    words
-}
-
-/// A message from the corpus of real mail.
-fn corpus(name: &str) -> Vec<u8> {
-    fs::read(common::corpus(name)).unwrap()
-}
-
-/// A chat message: a person wrote it, so it notifies.
-fn chat() -> Vec<u8> {
-    corpus("text_from_alice_encrypted.eml")
-}
+use common::mailhome::{World, chat, getmail, getmail_cmd, getmailrc};
+use common::realmail::{Daemon, MailUser, require, run, run_with_input, wait_for};
+use common::{Relay, corpus, not_notified_around, refused_url, token, write_legacy_state};
 
 /// A bounce marked `Auto-Submitted: auto-replied`: never notifies.
 fn bounce() -> Vec<u8> {
-    let m = corpus("gmx_ndn.eml");
+    let m = fs::read(corpus("gmx_ndn.eml")).unwrap();
     assert!(String::from_utf8_lossy(&m).contains("Auto-Submitted: auto-replied"));
     m
 }
@@ -435,7 +207,7 @@ fn getmail_idle_notifies_within_a_second() {
 #[test]
 fn getmail_offers_the_mail_again_while_the_relay_is_down() {
     let w = World::new();
-    let dc = w.dovecot();
+    let dc = w.dovecot("dovecot");
     dc.deliver(&chat());
     let down = refused_url();
     let relay = Relay::start();
@@ -521,7 +293,7 @@ fn getmail_offers_the_mail_again_while_the_relay_is_down() {
 fn fetchmail_keep_notifies_once_and_marks_the_mail_read() {
     let w = World::new();
     let relay = Relay::start();
-    let dc = w.dovecot();
+    let dc = w.dovecot("dovecot");
     let home = w.home("home", &token(4));
     let port = format!("port {}", dc.port);
     let password = format!("password \"{}\"", dc.password);
@@ -581,25 +353,11 @@ fn procmail_carbon_copy_of_a_20_mb_message() {
     let relay = Relay::start();
     // procmail runs as the user the MTA delivers for; here the one running the tests.
     let home = w.home_as("home", &token(5), MailUser::current());
-    let bin = home.bin.to_string_lossy().into_owned();
-    let rc = render(
-        "procmail/procmailrc",
-        &[("/usr/bin/deltapush-mda", 1, &bin)],
-    );
-    let rcfile = home.put("procmailrc", &rc);
+    let rcfile = home.procmailrc();
     let log = home.path.join("procmail.log");
 
-    // As an MTA runs it for the user, with the message on a pipe. procmail takes HOME from the
-    // passwd entry; the assignments on its command line are its own way to override that.
-    // -m: as a plain filter procmail does not create /var/mail/$LOGNAME on the test machine;
-    // the recipe and the delivery to DEFAULT work the same.
-    let mut cmd = home.cmd(&require("procmail"), &relay.url);
-    cmd.arg("-m")
-        .arg(format!("HOME={}", home.path.display()))
-        .arg(format!("DEFAULT={}/Maildir/", home.path.display()))
-        .arg(format!("LOGFILE={}", log.display()))
-        .arg(format!("DELTAPUSH_URL={}", relay.url))
-        .arg(&rcfile);
+    // As an MTA runs it for the user, with the message on a pipe.
+    let cmd = home.procmail(&rcfile, &relay.url, &[format!("LOGFILE={}", log.display())]);
     let message = sized(0, 20 * 1024 * 1024);
     let ran = run_with_input(
         "procmail",
@@ -638,32 +396,9 @@ fn maildrop_cc_delivers_with_the_relay_down() {
     let w = World::new();
     let down = refused_url();
 
-    // maildrop sets HOME from the passwd entry, so the test writes its own home into the file,
-    // and runs it as the test's user: maildrop runs `cc` through the passwd shell, which is
-    // nologin for `nobody`.
     let maildrop = |n: u32, extra: &str| {
         let home = w.home_as(&format!("home{n}"), &token(60 + n), MailUser::current());
-        for sub in ["cur", "new", "tmp"] {
-            fs::create_dir_all(home.path.join("Maildir").join(sub)).unwrap();
-        }
-        let bin = format!("{}{extra}", home.bin.display());
-        let h = home.path.to_string_lossy().into_owned();
-        let rc = render(
-            "maildrop/mailfilter",
-            &[("/usr/bin/deltapush-mda", 1, &bin), ("$HOME", 2, &h)],
-        );
-        let filter = home.put("mailfilter", &rc);
-        let mut cmd = Command::new(require("maildrop"));
-        cmd.env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("DELTAPUSH_URL", &down)
-            .env("DELTAPUSH_TIMEOUT", TIMEOUT)
-            .env(
-                "DELTAPUSH_CACHE_DIR",
-                home.path.join(".cache/deltapush-mda"),
-            )
-            .arg(&filter)
-            .current_dir(&home.path);
+        let cmd = home.maildrop(&home.mailfilter(extra), &down);
         let ran = run_with_input(
             "maildrop",
             cmd,

@@ -11,14 +11,6 @@
 //! its longest case, the steady stream.
 
 mod common;
-#[allow(dead_code)]
-#[path = "common/dovecot.rs"]
-mod dovecot;
-#[path = "common/mailhome.rs"]
-mod mailhome;
-#[allow(dead_code)]
-#[path = "common/realmail.rs"]
-mod realmail;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -26,14 +18,18 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{PLAIN, Relay, Reply, Sandbox, refused_url, shown, token, wait_for};
-use mailhome::{World, chat, getmail_with, getmailrc, render};
-use realmail::{Daemon, MailUser, Ran, require};
+use common::mailhome::{World, chat, getmail_with, getmailrc};
+use common::realmail::{Daemon, MailUser, Ran, hand_over, wait_for};
+use common::{
+    Input, PLAIN, Relay, Reply, Run, Running, Sandbox, Sender, exec, refused_url, run_cases,
+    senders, shown, start, token, token_line,
+};
 
 /// How late a deferred POST may come after its interval's end: the sender's wake-up, its lock
 /// and the POST itself, on a shared two-core machine running a debug build beside a soak.
@@ -42,84 +38,8 @@ const LATE: Duration = Duration::from_millis(500);
 /// and the relay's clock (`Instant`) is not the binary's (`SystemTime`).
 const EARLY: Duration = Duration::from_millis(5);
 
-// ---------------------------------------------------------------------------------------------
-// The deferred senders, as /proc shows them
-
-/// A process as /proc shows it.
-#[derive(Debug, Clone)]
-struct Proc {
-    pid: i32,
-    pgrp: i32,
-    session: i32,
-    args: Vec<String>,
-}
-
-impl Proc {
-    fn read(pid: i32) -> Option<Proc> {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // pid (comm) state ppid pgrp session ...: comm may hold anything, so split after ')'.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        // A zombie has let go of everything (its locks too): it counts as gone. Nothing reaps
-        // an orphaned sender on some machines, so zombies do stay around.
-        if fields.first()? == &"Z" {
-            return None;
-        }
-        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        Some(Proc {
-            pid,
-            pgrp: fields.get(2)?.parse().ok()?,
-            session: fields.get(3)?.parse().ok()?,
-            args: cmdline
-                .split(|&b| b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect(),
-        })
-    }
-
-    fn alive(&self) -> bool {
-        Proc::read(self.pid).is_some_and(|p| p.args == self.args)
-    }
-
-    /// Its open descriptors: number and what they point to.
-    fn fds(&self) -> Vec<(u32, String)> {
-        let mut fds: Vec<(u32, String)> = fs::read_dir(format!("/proc/{}/fd", self.pid))
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| {
-                        let n = e.file_name().to_str()?.parse().ok()?;
-                        let to = fs::read_link(e.path()).ok()?;
-                        Some((n, to.to_string_lossy().into_owned()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        fds.sort();
-        fds
-    }
-}
-
-/// The living deferred senders of the cache dir `dir`.
-fn senders(dir: &Path) -> Vec<Proc> {
-    let dir = dir.to_string_lossy();
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    procs
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter_map(Proc::read)
-        .filter(|p| {
-            p.args.iter().any(|a| a == "--send-deferred")
-                && p.args
-                    .windows(2)
-                    .any(|w| w[0] == "--cache-dir" && w[1] == dir)
-        })
-        .collect()
-}
-
 /// The one sender of `dir`, once it runs.
-fn the_sender(dir: &Path) -> Proc {
+fn the_sender(dir: &Path) -> Sender {
     let mut found = Vec::new();
     wait_for(Duration::from_secs(2), "a deferred sender", || {
         found = senders(dir);
@@ -129,44 +49,11 @@ fn the_sender(dir: &Path) -> Proc {
     found.remove(0)
 }
 
-/// Kills, when dropped, every sender still waiting for its cache dir, so that a case that
-/// failed leaves no process behind.
-struct Senders(PathBuf);
-
-impl Drop for Senders {
-    fn drop(&mut self) {
-        for p in senders(&self.0) {
-            // SAFETY: a plain syscall; the pid was a sender of this test's own cache dir.
-            unsafe { libc::kill(p.pid, libc::SIGKILL) };
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // One token, one stand-in relay, one cache dir
 
-/// One run of the binary as the test saw it.
-struct Delivery {
-    code: i32,
-    stderr: String,
-    started: Instant,
-    /// Until its exit and the end of its stdout and stderr: what a caller waits for.
-    took: Duration,
-}
-
-impl Delivery {
-    fn ended(&self) -> Instant {
-        self.started + self.took
-    }
-
-    fn said(&self) -> (i32, &str) {
-        (self.code, &self.stderr)
-    }
-}
-
+/// A sandbox whose deferred senders go with it when the case ends, however it ends.
 struct Case {
-    // First, so that its senders are killed before the sandbox goes.
-    _senders: Senders,
     sb: Sandbox,
     relay: Relay,
     token: String,
@@ -179,10 +66,8 @@ impl Case {
     }
 
     fn with_relay(n: u32, interval_ms: u64, relay: Relay) -> Case {
-        let sb = Sandbox::new();
         Case {
-            _senders: Senders(sb.cache_dir()),
-            sb,
+            sb: Sandbox::new(),
             relay,
             token: token(n),
             interval: Duration::from_millis(interval_ms),
@@ -205,40 +90,37 @@ impl Case {
         cmd
     }
 
-    fn run(&self, extra: &[&str]) -> Delivery {
+    fn run(&self, extra: &[&str]) -> Run {
         finish(self.spawn(self.command(extra)))
     }
 
-    /// Starts `cmd` with a plain message on its stdin, stdout and stderr piped.
-    fn spawn(&self, mut cmd: Command) -> (Reaped, Instant) {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let started = Instant::now();
-        let mut child = Reaped(cmd.spawn().unwrap());
-        // Fits in the pipe: never waits for the reader.
-        let mut stdin = child.0.stdin.take().unwrap();
-        stdin.write_all(PLAIN.as_bytes()).unwrap();
-        drop(stdin);
-        (child, started)
+    /// Starts `cmd` with a plain message on its stdin.
+    fn spawn(&self, cmd: Command) -> Running {
+        start(cmd, PLAIN.into())
     }
 
     /// `--check`: its exit status and stdout.
     fn check(&self) -> (i32, String) {
-        let out = self
-            .command(&["--check"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap(),
-            String::from_utf8(out.stdout).unwrap(),
-        )
+        let r = exec(self.command(&["--check"]), Input::Null);
+        (r.code, r.stdout)
+    }
+
+    /// `--check`, which must exit with `code`: the first of its lines with `status` about this
+    /// token whose text starts with `start`, from that text on.
+    fn check_line(&self, code: i32, status: &str, start: &str) -> String {
+        let (got, out) = self.check();
+        assert_eq!(got, code, "{out}");
+        let prefix = format!("{status:<6}token {}: ", shown(&self.token));
+        out.lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .find(|text| text.starts_with(start))
+            .unwrap_or_else(|| panic!("no line `{prefix}{start}…`: {out}"))
+            .to_string()
     }
 
     /// The line a run prints about this token.
     fn line(&self, text: &str) -> String {
-        format!("deltapush-mda: token {}: {text}\n", shown(&self.token))
+        token_line(&self.token, text)
     }
 
     /// When each POST arrived; each carried this token and nothing else.
@@ -270,7 +152,7 @@ impl Case {
         self.posts()
     }
 
-    fn senders(&self) -> Vec<Proc> {
+    fn senders(&self) -> Vec<Sender> {
         senders(&self.sb.cache_dir())
     }
 
@@ -286,7 +168,7 @@ impl Case {
 
     /// A run inside the interval of the POST at `post`, checked to be inside it: a run that
     /// came after the interval would post at once and prove nothing about deferring.
-    fn run_inside(&self, post: Instant, extra: &[&str]) -> Delivery {
+    fn run_inside(&self, post: Instant, extra: &[&str]) -> Run {
         let d = self.run(extra);
         assert!(
             d.ended() < post + self.interval,
@@ -298,7 +180,7 @@ impl Case {
     }
 
     /// The first POST: a run on a fresh token posts at once.
-    fn first_post(&self) -> (Delivery, Instant) {
+    fn first_post(&self) -> (Run, Instant) {
         let d = self.run(&["-v"]);
         assert_eq!(d.said(), (0, self.line("notified: 200").as_str()));
         let posts = self.posts();
@@ -322,45 +204,11 @@ impl Case {
     }
 }
 
-/// How long a run may take before the test gives up on it: a run that waited for its sender
-/// would hold the token's lock against it, and neither would ever end.
-const RUN_LIMIT: Duration = Duration::from_secs(10);
-
-/// Waits for a started run: what the caller sees.
-fn finish((mut run, started): (Reaped, Instant)) -> Delivery {
-    let status = loop {
-        if let Some(status) = run.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < RUN_LIMIT,
-            "a run still going after {RUN_LIMIT:?}"
-        );
-        thread::sleep(Duration::from_millis(1));
-    };
-    // Read after the exit: the pipes end only once nothing else holds them, as for a caller.
-    let mut stdout = Vec::new();
-    let mut stderr = String::new();
-    run.0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_end(&mut stdout)
-        .unwrap();
-    run.0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let took = started.elapsed();
-    assert!(stdout.is_empty(), "stdout: {stdout:?}");
-    Delivery {
-        code: status.code().unwrap_or_else(|| panic!("killed: {stderr}")),
-        stderr,
-        started,
-        took,
-    }
+/// Waits for a started run: what the caller sees, and nothing on stdout.
+fn finish(run: Running) -> Run {
+    let run = run.finish();
+    assert_eq!(run.stdout, "");
+    run
 }
 
 /// Runs `work` while a thread counts this case's senders: its result, and the most senders
@@ -403,28 +251,6 @@ fn deferred_secs(case: &Case, stderr: &str) -> u64 {
 
 fn ms(d: Duration) -> u128 {
     d.as_millis()
-}
-
-/// Runs each case in a thread of its own name, all at once, and fails naming those that failed.
-fn run_cases(cases: &[(&'static str, fn())]) {
-    let started = Instant::now();
-    let running: Vec<_> = cases
-        .iter()
-        .map(|&(name, case)| {
-            let t = thread::Builder::new().name(name.into()).spawn(move || {
-                let start = Instant::now();
-                case();
-                println!("{name}: {} ms", ms(start.elapsed()));
-            });
-            (name, t.unwrap())
-        })
-        .collect();
-    let failed: Vec<&str> = running
-        .into_iter()
-        .filter_map(|(name, t)| t.join().is_err().then_some(name))
-        .collect();
-    println!("all cases: {} ms", ms(started.elapsed()));
-    assert!(failed.is_empty(), "failed cases: {failed:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -475,13 +301,7 @@ fn single_message() {
     );
 
     // While it is due, --check says when.
-    let (code, out) = c.check();
-    assert_eq!(code, 0, "{out}");
-    let prefix = format!("ok    token {}: last notified ", shown(&c.token));
-    let line = out
-        .lines()
-        .find(|l| l.starts_with(&prefix))
-        .unwrap_or_else(|| panic!("no token line: {out}"));
+    let line = c.check_line(0, "ok", "last notified ");
     let due = line
         .split_once("; a deferred wakeup is due in ")
         .map(|(_, due)| humantime::parse_duration(due).unwrap())
@@ -513,14 +333,14 @@ fn single_message() {
     println!(
         "single message: the deferring run took {} ms; deferred POST {} ms after the first \
          (interval {} ms)",
-        ms(d.took),
+        ms(d.elapsed),
         ms(posts[1] - post1),
         ms(c.interval)
     );
     assert!(
-        d.took < c.interval / 2,
+        d.elapsed < c.interval / 2,
         "the deferring run took {:?}",
-        d.took
+        d.elapsed
     );
 }
 
@@ -535,7 +355,7 @@ fn burst_of_30() {
     for d in &runs {
         assert_eq!(d.said(), (0, ""));
     }
-    let last = runs.iter().map(Delivery::ended).max().unwrap();
+    let last = runs.iter().map(Run::ended).max().unwrap();
     assert!(
         last < post1 + c.interval,
         "the burst did not fit in the interval: machine too busy"
@@ -659,18 +479,20 @@ fn descriptors() {
             Ok(())
         });
     }
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let started = Instant::now();
-    let mut child = Reaped(cmd.spawn().unwrap());
-    let mut stdin = child.0.stdin.take().unwrap();
-    let run_stdin = fs::read_link(format!("/proc/self/fd/{}", stdin.as_raw_fd())).unwrap();
-    stdin.write_all(PLAIN.as_bytes()).unwrap();
-    drop(stdin);
+    // The run's stdin, to tell it from the sender's.
+    let (tx, rx) = mpsc::channel();
+    let child = start(
+        cmd,
+        Input::Stream(Box::new(move |stdin| {
+            let link = fs::read_link(format!("/proc/self/fd/{}", stdin.as_raw_fd()));
+            tx.send(link.unwrap()).unwrap();
+            stdin.write_all(PLAIN.as_bytes())
+        })),
+    );
+    let run_stdin = rx.recv().unwrap();
     let [(read3, write3), (read5, write5)] = pipes;
     drop((write3, write5));
-    let d = finish((child, started));
+    let d = finish(child);
     assert_eq!(d.said(), (0, ""));
     assert!(d.ended() < post1 + c.interval, "machine too busy");
 
@@ -767,20 +589,14 @@ fn soak_of_200() {
     let started = Instant::now();
     let (runs, most) = counting_senders(&c, || {
         let children: Vec<_> = (0..200)
-            .map(|_| {
-                let mut cmd = c.command(&[]);
-                cmd.stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped());
-                (Reaped(cmd.spawn().unwrap()), Instant::now())
-            })
+            .map(|_| start(c.command(&[]), Input::Null))
             .collect();
         children.into_iter().map(finish).collect::<Vec<_>>()
     });
     for d in &runs {
         assert_eq!(d.said(), (0, ""));
     }
-    let last = runs.iter().map(Delivery::ended).max().unwrap();
+    let last = runs.iter().map(Run::ended).max().unwrap();
     let posts = c.posts();
     assert!(
         last < posts[0] + c.interval,
@@ -924,7 +740,7 @@ fn deferred_post_gone() {
     humantime::parse_rfc3339(since).unwrap();
     assert_eq!(c.posts().len(), 2);
     let (code, out) = c.check();
-    assert_eq!(code, 78, "{out}");
+    assert_eq!(code, 64, "{out}");
     let fail = format!(
         "FAIL  token {}: gone since {since}{advice}",
         shown(&c.token)
@@ -936,14 +752,7 @@ fn deferred_post_gone() {
 /// `--check` shows a failed deferred POST (FAIL, 69); the next run prints it once, exit 0, and
 /// no run or check after it does. Returns the line.
 fn assert_failure_reported(c: &Case, failed_at: SystemTime, why: Option<&str>) -> String {
-    let (code, out) = c.check();
-    assert_eq!(code, 69, "{out}");
-    let fail = format!("FAIL  token {}: ", shown(&c.token));
-    let text = out
-        .lines()
-        .find_map(|l| l.strip_prefix(&fail))
-        .unwrap_or_else(|| panic!("no failure shown: {out}"))
-        .to_string();
+    let text = c.check_line(69, "FAIL", "");
     let (at, said) = text
         .strip_prefix("the deferred wakeup of ")
         .and_then(|rest| rest.split_once(" was not sent: "))
@@ -1038,49 +847,6 @@ fn real_callers_do_not_wait_for_the_wakeup() {
     ]);
 }
 
-/// A program that is killed when dropped, unless it has ended.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// Runs a mail program as an MTA does: `input` on a pipe, until the program exits (at most
-/// 20 s), stdout and stderr through files in `dir`. Unlike `realmail::run_with_input` it leaves
-/// alone whatever the program left running, as an MTA does: procmail does not wait for a pipe
-/// recipe without `w`, so the run it started may still be going.
-fn hand_over(name: &str, mut cmd: Command, dir: &Path, input: &[u8]) -> Ran {
-    let out = dir.join(format!("{name}.stdout"));
-    let err = dir.join(format!("{name}.stderr"));
-    cmd.stdin(Stdio::piped())
-        .stdout(fs::File::create(&out).unwrap())
-        .stderr(fs::File::create(&err).unwrap());
-    let mut program = Reaped(cmd.spawn().unwrap());
-    let mut stdin = program.0.stdin.take().unwrap();
-    // A few KB: fits in the pipe whatever the program does.
-    let write_error = stdin.write_all(input).err().map(|e| e.to_string());
-    drop(stdin);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = program.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "{name} still running after 20 s");
-        thread::sleep(Duration::from_millis(2));
-    };
-    Ran {
-        status,
-        stdout: fs::read_to_string(&out).unwrap_or_default(),
-        stderr: fs::read_to_string(&err).unwrap_or_default(),
-        write_error,
-    }
-}
-
 /// Two messages in a row through a real caller (`deliver(n)` hands message n over and
 /// returns what the caller did): the first posts at once, the second defers; the caller
 /// returns as fast both times, long before the deferred POST, which still arrives.
@@ -1092,7 +858,6 @@ fn two_messages(
     interval: Duration,
     mut deliver: impl FnMut(u32) -> Ran,
 ) {
-    let _senders = Senders(cache_dir.to_path_buf());
     let posts = || {
         relay
             .posts()
@@ -1158,7 +923,7 @@ fn two_messages(
 
 /// getmail, run once by hand (MDA_external), as `examples/getmail/getmailrc` sets it up.
 fn getmail_one_shot() {
-    let w = World::new("deferred wakeup behind getmail");
+    let w = World::new();
     let relay = Relay::start();
     let dc = w.dovecot("dovecot");
     let home = w.home("home", &token(30));
@@ -1190,15 +955,10 @@ fn getmail_one_shot() {
 
 /// procmail with the `:0c` recipe of `examples/procmail/procmailrc`.
 fn procmail_copy() {
-    let w = World::new("deferred wakeup behind procmail");
+    let w = World::new();
     let relay = Relay::start();
     let home = w.home_as("home", &token(31), MailUser::current());
-    let bin = home.bin.to_string_lossy().into_owned();
-    let rc = render(
-        "procmail/procmailrc",
-        &[("/usr/bin/deltapush-mda", 1, &bin)],
-    );
-    let rcfile = home.put("procmailrc", &rc);
+    let rcfile = home.procmailrc();
     two_messages(
         "procmail",
         &relay,
@@ -1206,16 +966,9 @@ fn procmail_copy() {
         &home.token,
         Duration::from_secs(3),
         |n| {
-            let mut cmd = home.cmd(&require("procmail"), &relay.url);
-            // As scenario 5 of tests/integrations.rs runs it: assignments on its command line
-            // are procmail's own way to set its environment.
-            cmd.env("DELTAPUSH_INTERVAL", "3s")
-                .arg("-m")
-                .arg(format!("HOME={}", home.path.display()))
-                .arg(format!("DEFAULT={}/Maildir/", home.path.display()))
-                .arg(format!("DELTAPUSH_URL={}", relay.url))
-                .arg("DELTAPUSH_INTERVAL=3s")
-                .arg(&rcfile);
+            let interval = ["DELTAPUSH_INTERVAL=3s".to_string()];
+            let mut cmd = home.procmail(&rcfile, &relay.url, &interval);
+            cmd.env("DELTAPUSH_INTERVAL", "3s");
             let ran = hand_over(&format!("procmail-{n}"), cmd, &home.path, &chat());
             assert_eq!(home.maildir_files().len(), n as usize, "{ran:?}");
             ran
@@ -1225,19 +978,10 @@ fn procmail_copy() {
 
 /// maildrop with the `cc` line of `examples/maildrop/mailfilter`.
 fn maildrop_cc() {
-    let w = World::new("deferred wakeup behind maildrop");
+    let w = World::new();
     let relay = Relay::start();
     let home = w.home_as("home", &token(32), MailUser::current());
-    for sub in ["cur", "new", "tmp"] {
-        fs::create_dir_all(home.path.join("Maildir").join(sub)).unwrap();
-    }
-    let bin = home.bin.to_string_lossy().into_owned();
-    let h = home.path.to_string_lossy().into_owned();
-    let rc = render(
-        "maildrop/mailfilter",
-        &[("/usr/bin/deltapush-mda", 1, &bin), ("$HOME", 2, &h)],
-    );
-    let filter = home.put("mailfilter", &rc);
+    let filter = home.mailfilter("");
     two_messages(
         "maildrop",
         &relay,
@@ -1245,14 +989,8 @@ fn maildrop_cc() {
         &home.token,
         Duration::from_secs(3),
         |n| {
-            let mut cmd = Command::new(require("maildrop"));
-            cmd.env_clear()
-                .env("PATH", "/usr/bin:/bin")
-                .env("DELTAPUSH_URL", &relay.url)
-                .env("DELTAPUSH_CACHE_DIR", home.cache_dir())
-                .env("DELTAPUSH_INTERVAL", "3s")
-                .arg(&filter)
-                .current_dir(&home.path);
+            let mut cmd = home.maildrop(&filter, &relay.url);
+            cmd.env("DELTAPUSH_INTERVAL", "3s");
             let ran = hand_over(&format!("maildrop-{n}"), cmd, &home.path, &chat());
             assert_eq!(home.maildir_files().len(), n as usize, "{ran:?}");
             ran

@@ -16,8 +16,9 @@ use std::time::Duration;
 use common::dovecot::MailServer;
 use common::examples::render;
 use common::lmtp::{Delivery, Imap, Lmtp};
+use common::mailhome::copy_binary;
 use common::realmail::{MailUser, Ran, require, wait_for};
-use common::{Relay, Reply, backdate, senders, sha256_hex};
+use common::{Relay, Reply, backdate, kill_senders, sha256_hex};
 
 /// The shipped relay, as the Sieve script names it.
 const RELAY: &str = "https://notifications.delta.chat/notify";
@@ -85,9 +86,7 @@ struct Site {
 /// A deferred wakeup that a failed test left waiting goes with its site.
 impl Drop for Site {
     fn drop(&mut self) {
-        for pid in senders(self.dir.path()) {
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        }
+        kill_senders(self.dir.path());
     }
 }
 
@@ -107,8 +106,7 @@ impl Site {
         // The program where the mail user can run it (the build dir may be closed to it), and
         // in the execute dir the link the README makes.
         let bin = d("bin").join("deltapush-mda");
-        fs::copy(common::bin(), &bin).unwrap();
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        copy_binary(&bin);
         let exec_dir = d("sieve-execute");
         let link = exec_dir.join("deltapush-mda");
         std::os::unix::fs::symlink(&bin, &link).unwrap();

@@ -1,46 +1,44 @@
-//! A mail user's world for the scenarios that drive real mail programs: a temp dir the mail
-//! user can traverse, a per-run CA, homes with the token file and a copy of the binary, and the
-//! example files of `examples/` rendered with a test's own values.
-//!
-//! Used with `#[path]` beside `realmail.rs` and `dovecot.rs`, the way those are.
-#![allow(dead_code)]
+//! A mail user's world for the tests that drive real mail programs: a temp dir the mail user can
+//! traverse, a per-run CA, homes with the token file and a copy of the binary, the example files
+//! of `examples/` rendered for them, and the mail programs run in them as the examples set up.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::common::{self, sha256_hex};
+use tempfile::TempDir;
+
 use super::dovecot::Dovecot;
+use super::examples::render;
 use super::realmail::{Ca, MailUser, Ran, require, run};
+use super::{Relay, bin, corpus, kill_senders, sha256_hex, token};
 
-/// Names the failed scenario on stderr after its panic message, which says why.
-pub struct Scenario(pub &'static str);
+/// --timeout for every run the mail programs start: a relay that is down costs this, not the
+/// default 15 s.
+pub const TIMEOUT: &str = "2s";
 
-impl Drop for Scenario {
+/// One test's temp dir (traversable by the mail user), CA and mail user.
+pub struct World {
+    pub dir: TempDir,
+    pub mail: MailUser,
+    pub ca: Ca,
+}
+
+/// A run's deferred senders live on after it: whatever a test left waiting goes with its world.
+impl Drop for World {
     fn drop(&mut self) {
-        if thread::panicking() {
-            eprintln!("FAILED: scenario {}", self.0);
-        }
+        kill_senders(self.dir.path());
     }
 }
 
-/// One scenario's temp dir (traversable by the mail user), CA and mail user.
-pub struct World {
-    pub dir: tempfile::TempDir,
-    pub mail: MailUser,
-    pub ca: Ca,
-    // Last, so the name is printed after everything above is cleaned up.
-    _scenario: Scenario,
-}
-
 impl World {
-    pub fn new(scenario: &'static str) -> World {
-        let scenario = Scenario(scenario);
+    pub fn new() -> World {
         let dir = tempfile::Builder::new()
-            .prefix("deltapush-integration-")
+            .prefix("deltapush-mail-")
             .tempdir()
             .unwrap();
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -49,8 +47,15 @@ impl World {
             mail: MailUser::get(),
             ca,
             dir,
-            _scenario: scenario,
         }
+    }
+
+    /// A world with a Dovecot, a relay, and a home for `token(n)`.
+    pub fn for_getmail(n: u32) -> (World, Relay, Dovecot, Home) {
+        let w = World::new();
+        let dc = w.dovecot("dovecot");
+        let home = w.home("home", &token(n));
+        (w, Relay::start(), dc, home)
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -76,10 +81,8 @@ impl World {
         let tokens = conf.join("tokens");
         fs::write(&tokens, format!("# test phone\n{token}\n")).unwrap();
         fs::set_permissions(&tokens, fs::Permissions::from_mode(0o600)).unwrap();
-        fs::create_dir_all(path.join("bin")).unwrap();
         let bin = path.join("bin/deltapush-mda");
-        fs::copy(common::bin(), &bin).unwrap();
-        runnable(&bin);
+        copy_binary(&bin);
         mail.own(&path);
         Home {
             path,
@@ -88,6 +91,15 @@ impl World {
             mail,
         }
     }
+}
+
+/// Puts a copy of the binary at `to`, runnable by every user (the build dir may not be
+/// reachable for the mail user), and waits until it can be run.
+pub fn copy_binary(to: &Path) {
+    fs::create_dir_all(to.parent().unwrap()).unwrap();
+    fs::copy(bin(), to).unwrap();
+    fs::set_permissions(to, fs::Permissions::from_mode(0o755)).unwrap();
+    runnable(to);
 }
 
 /// Waits until a binary just written can be run. A process that another thread forked while
@@ -137,8 +149,8 @@ impl Home {
         self.path.join(".cache/deltapush-mda")
     }
 
-    /// Where deltapush-mda keeps this token's state under the default cache dir.
-    pub fn stamp(&self) -> PathBuf {
+    /// The token state under the default cache dir.
+    pub fn state(&self) -> PathBuf {
         self.cache_dir().join(sha256_hex(self.token.as_bytes()))
     }
 
@@ -149,6 +161,7 @@ impl Home {
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("HOME", &self.path)
             .env("DELTAPUSH_URL", relay_url)
+            .env("DELTAPUSH_TIMEOUT", TIMEOUT)
             .current_dir(&self.path);
         self.mail.apply(&mut c);
         c
@@ -167,8 +180,7 @@ impl Home {
 
     /// The oldmail file: one line per message getmail has handed over in this home.
     pub fn oldmail_lines(&self) -> usize {
-        let dir = self.path.join(".config/getmail");
-        fs::read_dir(dir)
+        fs::read_dir(self.path.join(".config/getmail"))
             .unwrap()
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().starts_with("oldmail-"))
@@ -180,24 +192,63 @@ impl Home {
             })
             .sum()
     }
-}
 
-/// An example file with the listed values replaced; each must occur exactly as often as given,
-/// so an edited example cannot silently stop being the file under test.
-pub fn render(example: &str, subs: &[(&str, usize, &str)]) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
-        .join(example);
-    let mut text = fs::read_to_string(&path).unwrap();
-    for (from, count, to) in subs {
-        assert_eq!(
-            text.matches(from).count(),
-            *count,
-            "examples/{example} should contain `{from}` {count} time(s)"
+    /// `examples/procmail/procmailrc` for this home's binary, as `~/procmailrc`.
+    pub fn procmailrc(&self) -> PathBuf {
+        let bin = self.bin.to_string_lossy().into_owned();
+        let rc = render(
+            "procmail/procmailrc",
+            &[("/usr/bin/deltapush-mda", 1, &bin)],
         );
-        text = text.replace(from, to);
+        self.put("procmailrc", &rc)
     }
-    text
+
+    /// procmail as an MTA runs it for the user, with the rc file `rcfile`, the relay URL and
+    /// `assignments` on its command line. procmail takes HOME from the passwd entry; the
+    /// assignments on its command line are its own way to override that. -m: as a plain
+    /// filter procmail does not create /var/mail/$LOGNAME on the test machine; the recipe and
+    /// the delivery to DEFAULT work the same.
+    pub fn procmail(&self, rcfile: &Path, relay_url: &str, assignments: &[String]) -> Command {
+        let mut cmd = self.cmd(&require("procmail"), relay_url);
+        cmd.arg("-m")
+            .arg(format!("HOME={}", self.path.display()))
+            .arg(format!("DEFAULT={}/Maildir/", self.path.display()))
+            .arg(format!("DELTAPUSH_URL={relay_url}"))
+            .args(assignments)
+            .arg(rcfile);
+        cmd
+    }
+
+    /// `examples/maildrop/mailfilter` for this home's binary, `extra` appended to its command
+    /// line, as `~/mailfilter`; and the Maildir it delivers to.
+    pub fn mailfilter(&self, extra: &str) -> PathBuf {
+        for sub in ["cur", "new", "tmp"] {
+            fs::create_dir_all(self.path.join("Maildir").join(sub)).unwrap();
+        }
+        let bin = format!("{}{extra}", self.bin.display());
+        let h = self.path.to_string_lossy().into_owned();
+        let rc = render(
+            "maildrop/mailfilter",
+            &[("/usr/bin/deltapush-mda", 1, &bin), ("$HOME", 2, &h)],
+        );
+        self.put("mailfilter", &rc)
+    }
+
+    /// maildrop with the filter file `filter`. maildrop sets HOME from the passwd entry, so the
+    /// filter names the home itself, and the cache dir comes from the environment; run it as
+    /// the test's user: maildrop runs `cc` through the passwd shell, which is nologin for
+    /// `nobody`.
+    pub fn maildrop(&self, filter: &Path, relay_url: &str) -> Command {
+        let mut cmd = Command::new(require("maildrop"));
+        cmd.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("DELTAPUSH_URL", relay_url)
+            .env("DELTAPUSH_TIMEOUT", TIMEOUT)
+            .env("DELTAPUSH_CACHE_DIR", self.cache_dir())
+            .arg(filter)
+            .current_dir(&self.path);
+        cmd
+    }
 }
 
 /// `examples/getmail/getmailrc` for this Dovecot and home; `ca_certs` replaces the system CAs
@@ -219,7 +270,47 @@ pub fn getmailrc(w: &World, dc: &Dovecot, home: &Home, ca_certs: Option<&Path>) 
     )
 }
 
-/// getmail with the rc file `~/.config/getmail/<rc>`, once, as a user runs it by hand.
+/// getmail with the rc file `~/.config/getmail/<rc>`: once, as a user runs it by hand, or with
+/// `idle` as the systemd unit runs it.
+pub fn getmail_cmd(home: &Home, rc: &str, relay_url: &str, idle: bool) -> Command {
+    let mut cmd = home.cmd(&require("getmail"), relay_url);
+    if idle {
+        cmd.args(&unit_command(rc)[1..]);
+    } else {
+        cmd.args(["--rcfile", rc]);
+    }
+    // getmail before 6.19.09 installs its SIGCHLD handler only after the fork; an MDA that
+    // exits before that is never reaped, and getmail waits out its `timeout` (180 s) for it
+    // (getmail6 issue 245). On a loaded machine a parent and child on different CPUs hit that
+    // about once in 500 handovers; on one CPU the parent runs on until it waits.
+    let cpu = first_cpu();
+    // SAFETY: sched_setaffinity(2) is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut one);
+            if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &one) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// The first CPU this process may run on.
+fn first_cpu() -> usize {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set for sched_getaffinity to fill.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set);
+        (0..libc::CPU_SETSIZE as usize)
+            .find(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .unwrap_or(0)
+    }
+}
+
+/// getmail once, to its end.
 pub fn getmail(home: &Home, rc: &str, relay_url: &str, name: &str) -> Ran {
     getmail_with(home, rc, relay_url, name, &[])
 }
@@ -232,17 +323,30 @@ pub fn getmail_with(
     name: &str,
     env: &[(&str, &str)],
 ) -> Ran {
-    let mut cmd = home.cmd(&require("getmail"), relay_url);
-    cmd.args(["--rcfile", rc]).envs(env.iter().copied());
+    let mut cmd = getmail_cmd(home, rc, relay_url, false);
+    cmd.envs(env.iter().copied());
     run(name, cmd, &home.path, Duration::from_secs(60))
 }
 
-/// A message from the corpus of real mail.
-pub fn corpus(name: &str) -> Vec<u8> {
-    fs::read(common::data(&format!("corpus/{name}"))).unwrap()
+/// The getmail command line of the systemd unit, for the rc file `rc`.
+pub fn unit_command(rc: &str) -> Vec<String> {
+    let unit = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/getmail/deltapush@.service"),
+    )
+    .unwrap();
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("the unit has an ExecStart= line");
+    let words: Vec<String> = line
+        .split_whitespace()
+        .map(|w| w.replace("%i", rc))
+        .collect();
+    assert_eq!(words[0], "/usr/bin/getmail", "{line}");
+    words
 }
 
-/// A chat message: a person wrote it, so it notifies.
+/// A chat message from the corpus of real mail: a person wrote it, so it notifies.
 pub fn chat() -> Vec<u8> {
-    corpus("text_from_alice_encrypted.eml")
+    fs::read(corpus("text_from_alice_encrypted.eml")).unwrap()
 }

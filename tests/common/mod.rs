@@ -8,6 +8,7 @@
 pub mod dovecot;
 pub mod examples;
 pub mod lmtp;
+pub mod mailhome;
 pub mod realmail;
 
 use std::collections::{BTreeSet, VecDeque};
@@ -26,7 +27,6 @@ use std::time::{Duration, Instant, SystemTime};
 use tempfile::TempDir;
 
 use realmail::free_port;
-pub use realmail::wait_for;
 
 // ---------------------------------------------------------------------------------------------
 // Tokens, and the lines the binary writes about them
@@ -264,33 +264,99 @@ impl Sandbox {
 /// A run's deferred senders live on after it: whatever a test left waiting goes with its sandbox.
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        for pid in senders(self.home.path()) {
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        }
+        kill_senders(self.home.path());
     }
 }
 
-/// The deferred senders whose cache dir is under `dir`, by process id.
-pub fn senders(dir: &Path) -> Vec<u32> {
+// ---------------------------------------------------------------------------------------------
+// Deferred senders, as /proc shows them
+
+/// A deferred sender: a process whose command line has `--send-deferred`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sender {
+    pub pid: i32,
+    pub pgrp: i32,
+    pub session: i32,
+    pub args: Vec<String>,
+}
+
+impl Sender {
+    fn read(pid: i32) -> Option<Sender> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // pid (comm) state ppid pgrp session ...: comm may hold anything, so split after ')'.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        // A zombie has let go of everything (its locks too): it counts as gone. Nothing reaps
+        // an orphaned sender on some machines, so zombies do stay around.
+        if fields.first()? == &"Z" {
+            return None;
+        }
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        Some(Sender {
+            pid,
+            pgrp: fields.get(2)?.parse().ok()?,
+            session: fields.get(3)?.parse().ok()?,
+            args: cmdline
+                .split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect(),
+        })
+    }
+
+    /// Whether it still runs (and its pid was not taken by another process).
+    pub fn alive(&self) -> bool {
+        Sender::read(self.pid).is_some_and(|p| p.args == self.args)
+    }
+
+    /// Its open descriptors: number and what they point to.
+    pub fn fds(&self) -> Vec<(u32, String)> {
+        let mut fds: Vec<(u32, String)> = fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| {
+                        let n = e.file_name().to_str()?.parse().ok()?;
+                        let to = fs::read_link(e.path()).ok()?;
+                        Some((n, to.to_string_lossy().into_owned()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        fds.sort();
+        fds
+    }
+
+    /// The cache dir it was started for.
+    fn cache_dir(&self) -> Option<&Path> {
+        self.args
+            .windows(2)
+            .find(|w| w[0] == "--cache-dir")
+            .map(|w| Path::new(&w[1]))
+    }
+}
+
+/// The living deferred senders whose cache dir is `dir` or below it.
+pub fn senders(dir: &Path) -> Vec<Sender> {
     let Ok(procs) = fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let dir = dir.to_string_lossy().into_owned();
     procs
         .flatten()
-        .filter_map(|p| {
-            let pid: u32 = p.file_name().to_str()?.parse().ok()?;
-            let cmdline = fs::read(p.path().join("cmdline")).ok()?;
-            let words: Vec<String> = cmdline
-                .split(|&b| b == 0)
-                .map(|w| String::from_utf8_lossy(w).into_owned())
-                .collect();
-            let cache = words.iter().position(|w| w == "--cache-dir")?;
-            (words.iter().any(|w| w == "--send-deferred")
-                && words.get(cache + 1)?.starts_with(&dir))
-            .then_some(pid)
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter_map(Sender::read)
+        .filter(|p| {
+            p.args.iter().any(|a| a == "--send-deferred")
+                && p.cache_dir().is_some_and(|c| c.starts_with(dir))
         })
         .collect()
+}
+
+/// Kills every deferred sender whose cache dir is `dir` or below it: a test that failed leaves
+/// no process behind.
+pub fn kill_senders(dir: &Path) {
+    for p in senders(dir) {
+        // SAFETY: a plain syscall; the pid was a sender of the test's own cache dir.
+        unsafe { libc::kill(p.pid, libc::SIGKILL) };
+    }
 }
 
 /// Rewrites the `KEY TIME` line of a token state as if it had been written `ago` earlier:
@@ -322,6 +388,8 @@ pub struct Run {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
+    pub started: Instant,
+    /// Until its exit and the end of its stdout and stderr: what a caller waits for.
     pub elapsed: Duration,
     /// What the writer of a piped message saw: an EPIPE here means the mail was not drained.
     pub written: io::Result<()>,
@@ -332,9 +400,19 @@ impl Run {
     pub fn said(&self) -> (i32, &str) {
         (self.code, &self.stderr)
     }
+
+    /// When the caller had all of it.
+    pub fn ended(&self) -> Instant {
+        self.started + self.elapsed
+    }
 }
 
-/// A run of the binary (or a program wrapping it) under way.
+/// How long a run may take before the test gives up on it and kills it: a run that hangs (one
+/// that waited for its own deferred sender would hold the token's lock against it, and neither
+/// would ever end) fails its test instead of holding up the suite.
+pub const RUN_LIMIT: Duration = Duration::from_secs(30);
+
+/// A run of the binary (or a program wrapping it) under way; killed if dropped before its end.
 pub struct Running {
     child: Child,
     feeder: Option<JoinHandle<io::Result<()>>>,
@@ -377,19 +455,41 @@ pub fn start(mut cmd: Command, input: Input) -> Running {
     }
 }
 
+/// Reads a pipe to its end in a thread of its own, so that neither pipe can fill up and stop
+/// the program while the other is read.
+fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
+    let mut pipe = pipe.unwrap();
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        pipe.read_to_end(&mut bytes).unwrap();
+        String::from_utf8(bytes).expect("output is UTF-8")
+    })
+}
+
 impl Running {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// Waits for the end; panics if a signal ended it, or if its output holds a panic or any
-    /// part of a realistic token beyond its kind.
-    pub fn finish(self) -> Run {
-        let out = self.child.wait_with_output().unwrap();
+    /// Waits for the end (at most [`RUN_LIMIT`]) and for its output to end: the output ends only
+    /// once nothing else holds the pipes, as for a caller. Panics if a signal ended it, or if
+    /// its output holds a panic or any part of a realistic token beyond its kind.
+    pub fn finish(mut self) -> Run {
+        let stdout = drain(self.child.stdout.take());
+        let stderr = drain(self.child.stderr.take());
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                self.started.elapsed() < RUN_LIMIT,
+                "a run still going after {RUN_LIMIT:?}"
+            );
+            thread::sleep(Duration::from_millis(1));
+        };
+        let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
         let elapsed = self.started.elapsed();
-        let written = self.feeder.map_or(Ok(()), |f| f.join().unwrap());
-        let stdout = String::from_utf8(out.stdout).expect("stdout is UTF-8");
-        let stderr = String::from_utf8(out.stderr).expect("stderr is UTF-8");
+        let written = self.feeder.take().map_or(Ok(()), |f| f.join().unwrap());
         for text in [&stdout, &stderr] {
             assert!(!text.contains("panicked"), "a panic: {text}");
             assert!(
@@ -397,16 +497,14 @@ impl Running {
                 "more of a token than its name: {text}"
             );
         }
-        let Some(code) = out.status.code() else {
-            panic!(
-                "killed by signal {:?}; stderr: {stderr}",
-                out.status.signal()
-            )
+        let Some(code) = status.code() else {
+            panic!("killed by signal {:?}; stderr: {stderr}", status.signal())
         };
         Run {
             code,
             stdout,
             stderr,
+            started: self.started,
             elapsed,
             written,
         }
@@ -419,9 +517,42 @@ impl Running {
     }
 }
 
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// [`Sandbox::command`] and friends, run to the end.
 pub fn exec(cmd: Command, input: impl Into<Input>) -> Run {
     start(cmd, input.into()).finish()
+}
+
+/// Runs each case in a thread of its own name, all at once, and fails naming those that failed
+/// (each one's panic is printed above): for cases that mostly wait on real time, so that a file
+/// takes about as long as its longest case.
+pub fn run_cases(cases: &[(&'static str, fn())]) {
+    let started = Instant::now();
+    let running: Vec<_> = cases
+        .iter()
+        .map(|&(name, case)| {
+            let t = thread::Builder::new().name(name.into()).spawn(move || {
+                let start = Instant::now();
+                case();
+                println!("{name}: {} ms", start.elapsed().as_millis());
+            });
+            (name, t.unwrap())
+        })
+        .collect();
+    let failed: Vec<&str> = running
+        .into_iter()
+        .filter_map(|(name, t)| t.join().is_err().then_some(name))
+        .collect();
+    println!("all cases: {} ms", started.elapsed().as_millis());
+    assert!(failed.is_empty(), "failed cases: {failed:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -820,4 +951,3 @@ pub fn tree(root: &Path) -> BTreeSet<PathBuf> {
 pub fn mode(path: &Path) -> u32 {
     fs::symlink_metadata(path).unwrap().mode() & 0o7777
 }
-

@@ -79,20 +79,32 @@ pub fn wait_listening(port: u16, daemon: &mut Daemon, why: impl Fn() -> String) 
     );
 }
 
+/// What becomes of the processes a program leaves behind in its group once it has ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leftovers {
+    /// Killed with it: nothing a test started outlives the test.
+    Kill,
+    /// Left alone, as an MTA does: procmail does not wait for a pipe recipe without `w`, so
+    /// the run it started may still be going.
+    Keep,
+}
+
 /// A program started by a test, in a process group of its own: dropping it (also when the test
-/// panics) stops the whole group, children included.
+/// panics) stops the whole group, children included, while the program runs; once it has ended,
+/// as its [`Leftovers`] say.
 pub struct Daemon {
     pub name: String,
     child: Child,
     status: Option<ExitStatus>,
+    leftovers: Leftovers,
 }
 
 impl Daemon {
     pub fn spawn(name: &str, cmd: Command) -> Daemon {
-        Daemon::spawn_with(name, cmd, Stdio::null())
+        Daemon::spawn_with(name, cmd, Stdio::null(), Leftovers::Kill)
     }
 
-    pub fn spawn_with(name: &str, mut cmd: Command, stdin: Stdio) -> Daemon {
+    pub fn spawn_with(name: &str, mut cmd: Command, stdin: Stdio, leftovers: Leftovers) -> Daemon {
         cmd.process_group(0).stdin(stdin);
         let child = cmd
             .spawn()
@@ -101,6 +113,7 @@ impl Daemon {
             name: name.to_string(),
             child,
             status: None,
+            leftovers,
         }
     }
 
@@ -122,15 +135,19 @@ impl Daemon {
             self.stop();
             panic!("{} still running after {limit:?}; killed it", self.name);
         }
-        // The leader is gone; anything it left behind in its group goes too.
-        signal_group(self.pid(), libc::SIGKILL);
+        self.stop();
         self.status.unwrap()
     }
 
     fn stop(&mut self) {
         let pid = self.pid();
-        signal_group(pid, libc::SIGTERM);
-        poll(Duration::from_secs(3), || self.exited().is_some());
+        if self.exited().is_none() {
+            signal_group(pid, libc::SIGTERM);
+            poll(Duration::from_secs(3), || self.exited().is_some());
+        } else if self.leftovers == Leftovers::Keep {
+            return;
+        }
+        // The leader is gone or will be; anything it left behind in its group goes too.
         signal_group(pid, libc::SIGKILL);
         if self.status.is_none() {
             self.status = self.child.wait().ok();
@@ -174,10 +191,28 @@ pub fn run(name: &str, cmd: Command, dir: &Path, limit: Duration) -> Ran {
 /// [`run`], with `input` written to the program's stdin through a pipe, as an MTA does.
 pub fn run_with_input(
     name: &str,
+    cmd: Command,
+    dir: &Path,
+    limit: Duration,
+    input: Option<Vec<u8>>,
+) -> Ran {
+    run_leaving(name, cmd, dir, limit, input, Leftovers::Kill)
+}
+
+/// Hands `input` to a mail program as an MTA does, through a pipe, and waits for the program
+/// (at most 20 s), leaving alone whatever it left running.
+pub fn hand_over(name: &str, cmd: Command, dir: &Path, input: &[u8]) -> Ran {
+    let limit = Duration::from_secs(20);
+    run_leaving(name, cmd, dir, limit, Some(input.to_vec()), Leftovers::Keep)
+}
+
+fn run_leaving(
+    name: &str,
     mut cmd: Command,
     dir: &Path,
     limit: Duration,
     input: Option<Vec<u8>>,
+    leftovers: Leftovers,
 ) -> Ran {
     let out = dir.join(format!("{name}.stdout"));
     let err = dir.join(format!("{name}.stderr"));
@@ -188,7 +223,7 @@ pub fn run_with_input(
     } else {
         Stdio::null()
     };
-    let mut daemon = Daemon::spawn_with(name, cmd, stdin);
+    let mut daemon = Daemon::spawn_with(name, cmd, stdin, leftovers);
     let writer = input.map(|bytes| {
         let mut pipe = daemon.child.stdin.take().unwrap();
         // A program that stops reading early makes this fail with EPIPE: the caller sees that
