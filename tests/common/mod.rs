@@ -20,6 +20,7 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
@@ -281,7 +282,18 @@ pub struct Sender {
 }
 
 impl Sender {
+    /// The process `pid`, if it is a living deferred sender.
     fn read(pid: i32) -> Option<Sender> {
+        // The command line first: most processes are not senders, and one read tells.
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !args.iter().any(|a| a == "--send-deferred") {
+            return None;
+        }
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // pid (comm) state ppid pgrp session ...: comm may hold anything, so split after ')'.
         let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
@@ -290,16 +302,11 @@ impl Sender {
         if fields.first()? == &"Z" {
             return None;
         }
-        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         Some(Sender {
             pid,
             pgrp: fields.get(2)?.parse().ok()?,
             session: fields.get(3)?.parse().ok()?,
-            args: cmdline
-                .split(|&b| b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect(),
+            args,
         })
     }
 
@@ -343,10 +350,7 @@ pub fn senders(dir: &Path) -> Vec<Sender> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .filter_map(Sender::read)
-        .filter(|p| {
-            p.args.iter().any(|a| a == "--send-deferred")
-                && p.cache_dir().is_some_and(|c| c.starts_with(dir))
-        })
+        .filter(|p| p.cache_dir().is_some_and(|c| c.starts_with(dir)))
         .collect()
 }
 
@@ -414,7 +418,8 @@ pub const RUN_LIMIT: Duration = Duration::from_secs(30);
 
 /// A run of the binary (or a program wrapping it) under way; killed if dropped before its end.
 pub struct Running {
-    child: Child,
+    /// Taken by [`Running::finish`].
+    child: Option<Child>,
     feeder: Option<JoinHandle<io::Result<()>>>,
     started: Instant,
 }
@@ -449,47 +454,43 @@ pub fn start(mut cmd: Command, input: Input) -> Running {
         thread::spawn(move || write(&mut pipe))
     });
     Running {
-        child,
+        child: Some(child),
         feeder,
         started,
     }
 }
 
-/// Reads a pipe to its end in a thread of its own, so that neither pipe can fill up and stop
-/// the program while the other is read.
-fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
-    let mut pipe = pipe.unwrap();
-    thread::spawn(move || {
-        let mut bytes = Vec::new();
-        pipe.read_to_end(&mut bytes).unwrap();
-        String::from_utf8(bytes).expect("output is UTF-8")
-    })
-}
-
 impl Running {
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.as_ref().unwrap().id()
     }
 
-    /// Waits for the end (at most [`RUN_LIMIT`]) and for its output to end: the output ends only
-    /// once nothing else holds the pipes, as for a caller. Panics if a signal ended it, or if
-    /// its output holds a panic or any part of a realistic token beyond its kind.
+    /// Waits for the end and for its output to end: the output ends only once nothing else
+    /// holds the pipes, as for a caller. Panics if it took more than [`RUN_LIMIT`] (and kills
+    /// it), if a signal ended it, or if its output holds a panic or any part of a realistic
+    /// token beyond its kind.
     pub fn finish(mut self) -> Run {
-        let stdout = drain(self.child.stdout.take());
-        let stderr = drain(self.child.stderr.take());
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
+        let child = self.child.take().unwrap();
+        let pid = child.id() as libc::pid_t;
+        let (done, limit) = mpsc::channel::<()>();
+        let watchdog = thread::spawn(move || {
+            let late = limit.recv_timeout(RUN_LIMIT) == Err(RecvTimeoutError::Timeout);
+            if late {
+                // SAFETY: a plain syscall; the run is not reaped before `done` is dropped.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
-            assert!(
-                self.started.elapsed() < RUN_LIMIT,
-                "a run still going after {RUN_LIMIT:?}"
-            );
-            thread::sleep(Duration::from_millis(1));
-        };
-        let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+            late
+        });
+        let out = child.wait_with_output().unwrap();
+        drop(done);
         let elapsed = self.started.elapsed();
+        assert!(
+            !watchdog.join().unwrap(),
+            "a run still going after {RUN_LIMIT:?}; killed it"
+        );
         let written = self.feeder.take().map_or(Ok(()), |f| f.join().unwrap());
+        let stdout = String::from_utf8(out.stdout).expect("stdout is UTF-8");
+        let stderr = String::from_utf8(out.stderr).expect("stderr is UTF-8");
         for text in [&stdout, &stderr] {
             assert!(!text.contains("panicked"), "a panic: {text}");
             assert!(
@@ -497,8 +498,11 @@ impl Running {
                 "more of a token than its name: {text}"
             );
         }
-        let Some(code) = status.code() else {
-            panic!("killed by signal {:?}; stderr: {stderr}", status.signal())
+        let Some(code) = out.status.code() else {
+            panic!(
+                "killed by signal {:?}; stderr: {stderr}",
+                out.status.signal()
+            )
         };
         Run {
             code,
@@ -512,16 +516,17 @@ impl Running {
 
     /// Kills it with SIGKILL and reaps it.
     pub fn kill(mut self) -> ExitStatus {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap()
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap()
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
