@@ -15,9 +15,10 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::dovecot::{Dovecot, Stored};
 use common::examples::render;
-use common::mailhome::{World, chat, getmail, getmail_cmd, getmailrc};
-use common::realmail::{Daemon, MailUser, require, run, run_with_input, wait_for};
+use common::mailhome::{Home, IdleGetmail, World, chat, getmail, getmail_cmd, getmailrc};
+use common::realmail::{MailUser, require, run, run_with_input};
 use common::{Relay, corpus, not_notified_around, refused_url, token, write_legacy_state};
 
 /// A bounce marked `Auto-Submitted: auto-replied`: never notifies.
@@ -53,52 +54,31 @@ fn count(bodies: &[String], token: &str) -> usize {
 #[test]
 fn getmail_hands_over_each_unread_message_once_and_leaves_it_unread() {
     let (w, relay, dc, home) = World::for_getmail(1);
-
-    // As shipped, the rc file checks the server's certificate: the system CAs reject ours.
-    let system = PathBuf::from("/etc/ssl/certs/ca-certificates.crt");
-    home.put(
-        ".config/getmail/shipped",
-        &getmailrc(&w, &dc, &home, Some(&system)),
-    );
-    let ran = getmail(&home, "shipped", &relay.url, "getmail-shipped");
-    assert_ne!(ran.code(), Some(0), "{ran:?}");
-    assert!(
-        ran.stderr.contains("CERTIFICATE_VERIFY_FAILED"),
-        "getmail did not refuse an unknown certificate: {ran:?}"
-    );
-
-    // A mailbox of old mail, all of it read, and one unread bounce (alone, so that its skip
-    // cannot hide behind the rate limit).
-    const READ: u32 = 200;
-    for n in 0..READ {
-        dc.deliver_seen(&sized(n, 20 * 1024));
-    }
-    dc.deliver(&bounce());
-    let before = dc.messages();
     let rc = getmailrc(&w, &dc, &home, None);
-    home.put(".config/getmail/deltapush", &rc);
-    let started = Instant::now();
-    let ran = getmail(&home, "deltapush", &relay.url, "getmail-first");
-    let shipped = started.elapsed();
-    assert_eq!(ran.code(), Some(0), "getmail failed: {ran:?}\n{}", dc.log());
-    assert_eq!((ran.stdout.as_str(), ran.stderr.as_str()), ("", ""));
-    assert_eq!(home.oldmail_lines(), 1, "not just the unread bounce");
-    relay.assert_bodies(&[]);
-
-    // The same first run without imap_search, in a home of its own: every message goes through
-    // deltapush-mda.
-    let all = w.home("home-all", &token(2));
     let unseen = "imap_search = UNSEEN\n";
     assert_eq!(rc.matches(unseen).count(), 1, "{rc}");
-    all.put(
-        ".config/getmail/deltapush",
-        &getmailrc(&w, &dc, &all, None).replace(unseen, ""),
-    );
-    let started = Instant::now();
-    let ran = getmail(&all, "deltapush", &Relay::start().url, "getmail-all");
-    let without = started.elapsed();
-    assert_eq!(ran.code(), Some(0), "getmail failed: {ran:?}");
-    assert_eq!(all.oldmail_lines(), READ as usize + 1);
+    // Beside all of this, the same first run without imap_search, in a home and on a server of
+    // its own: every message goes through deltapush-mda.
+    let (shipped, without) = thread::scope(|s| {
+        let without = s.spawn(|| {
+            let dc = w.dovecot("dovecot-all");
+            let before = old_mail(&dc);
+            let all = w.home("home-all", &token(2));
+            all.put(
+                ".config/getmail/deltapush",
+                &getmailrc(&w, &dc, &all, None).replace(unseen, ""),
+            );
+            let started = Instant::now();
+            let ran = getmail(&all, "deltapush", &Relay::start().url, "getmail-all");
+            let without = started.elapsed();
+            assert_eq!(ran.code(), Some(0), "getmail failed: {ran:?}");
+            assert_eq!(all.oldmail_lines(), READ as usize + 1);
+            assert_eq!(dc.messages(), before, "getmail changed a flag");
+            without
+        });
+        let shipped = shipped_rc_file(&w, &relay, &dc, &home, &rc);
+        (shipped, without.join().unwrap())
+    });
     println!(
         "getmail's first run, {READ} read messages of 20 KB and 1 unread: {} ms with \
          imap_search = UNSEEN (1 handed over), {} ms without ({} handed over)",
@@ -106,12 +86,52 @@ fn getmail_hands_over_each_unread_message_once_and_leaves_it_unread() {
         without.as_millis(),
         READ + 1
     );
+}
+
+/// How many read messages the mailbox of [`old_mail`] has.
+const READ: u32 = 200;
+
+/// A mailbox of old mail, all of it read, and one unread bounce (alone, so that its skip cannot
+/// hide behind the rate limit): what INBOX then holds.
+fn old_mail(dc: &Dovecot) -> Vec<Stored> {
+    for n in 0..READ {
+        dc.deliver_seen(&sized(n, 20 * 1024));
+    }
+    dc.deliver(&bounce());
+    dc.messages()
+}
+
+/// The shipped rc file `rc` on the mailbox of [`old_mail`], then with new mail: how long
+/// getmail's first run took.
+fn shipped_rc_file(w: &World, relay: &Relay, dc: &Dovecot, home: &Home, rc: &str) -> Duration {
+    // As shipped, the rc file checks the server's certificate: the system CAs reject ours.
+    let system = PathBuf::from("/etc/ssl/certs/ca-certificates.crt");
+    home.put(
+        ".config/getmail/shipped",
+        &getmailrc(w, dc, home, Some(&system)),
+    );
+    let ran = getmail(home, "shipped", &relay.url, "getmail-shipped");
+    assert_ne!(ran.code(), Some(0), "{ran:?}");
+    assert!(
+        ran.stderr.contains("CERTIFICATE_VERIFY_FAILED"),
+        "getmail did not refuse an unknown certificate: {ran:?}"
+    );
+
+    let before = old_mail(dc);
+    home.put(".config/getmail/deltapush", rc);
+    let started = Instant::now();
+    let ran = getmail(home, "deltapush", &relay.url, "getmail-first");
+    let shipped = started.elapsed();
+    assert_eq!(ran.code(), Some(0), "getmail failed: {ran:?}\n{}", dc.log());
+    assert_eq!((ran.stdout.as_str(), ran.stderr.as_str()), ("", ""));
+    assert_eq!(home.oldmail_lines(), 1, "not just the unread bounce");
+    relay.assert_bodies(&[]);
     assert_eq!(dc.messages(), before, "getmail changed a flag");
 
     // New mail: each new message once, and still unread.
     dc.deliver(&chat());
     dc.deliver(&sized(READ, 20 * 1024 * 1024));
-    let ran = getmail(&home, "deltapush", &relay.url, "getmail-new");
+    let ran = getmail(home, "deltapush", &relay.url, "getmail-new");
     assert_eq!(ran.code(), Some(0), "getmail failed: {ran:?}\n{}", dc.log());
     // Without ignore_stderr, anything on stderr would have failed the delivery.
     assert_eq!((ran.stdout.as_str(), ran.stderr.as_str()), ("", ""));
@@ -128,12 +148,13 @@ fn getmail_hands_over_each_unread_message_once_and_leaves_it_unread() {
     );
 
     // read_all = false: the next run offers none of them again, even with no rate limit.
-    let mut cmd = getmail_cmd(&home, "deltapush", &relay.url, false);
+    let mut cmd = getmail_cmd(home, "deltapush", &relay.url, false);
     cmd.env("DELTAPUSH_INTERVAL", "0");
     let ran = run("getmail-again", cmd, &home.path, Duration::from_secs(60));
     assert_eq!((ran.code(), ran.stderr.as_str()), (Some(0), ""), "{ran:?}");
     relay.assert_bodies(&[&home.token]);
     assert_eq!(dc.messages(), stored);
+    shipped
 }
 
 #[test]
@@ -143,64 +164,28 @@ fn getmail_idle_notifies_within_a_second() {
         ".config/getmail/deltapush",
         &getmailrc(&w, &dc, &home, None),
     );
-
-    let mut cmd = getmail_cmd(&home, "deltapush", &relay.url, true);
-    // A short interval, so that the deferred wakeup comes within the test.
-    cmd.env("DELTAPUSH_INTERVAL", "2s")
-        .stdout(fs::File::create(home.path.join("idle.stdout")).unwrap())
-        .stderr(fs::File::create(home.path.join("idle.stderr")).unwrap());
-    let mut getmail = Daemon::spawn("getmail --idle", cmd);
-    let output = || {
-        format!(
-            "getmail stdout: {:?}, stderr: {:?}",
-            fs::read_to_string(home.path.join("idle.stdout")).unwrap_or_default(),
-            fs::read_to_string(home.path.join("idle.stderr")).unwrap_or_default()
-        )
+    let mut getmail = IdleGetmail::start(&home, "deltapush", &relay.url, &[]);
+    // Delivers message n and waits for getmail to hand it over: how long its POST took.
+    let message = |n: u32| {
+        let delivered = getmail.deliver(&dc, &sized(n, 0));
+        getmail.wait_handed_over(n as usize);
+        let reqs = relay.requests();
+        assert_eq!(reqs.len(), n as usize, "no POST for message {n}");
+        reqs[n as usize - 1].at - delivered
     };
-    // Delivers message n and waits for POST number `posts` and for getmail to record it; how
-    // long the POST took.
-    let message = |n: u32, posts: usize| {
-        dc.wait_idle(Duration::from_secs(5), output);
-        dc.deliver(&sized(n, 0));
-        let took = wait_for(Duration::from_secs(5), &format!("POST {posts}"), || {
-            relay.requests().len() == posts
-        });
-        wait_for(
-            Duration::from_secs(5),
-            &format!("getmail handing over message {n}"),
-            || home.oldmail_lines() == n as usize,
-        );
-        took
-    };
-    dc.wait_idle(Duration::from_secs(20), output);
-    let first = message(1, 1);
-    // A second message right after is inside the interval: its wakeup comes at the interval's
-    // end, from the deferred sender, while getmail goes on idling.
-    message(2, 2);
-    let reqs = relay.requests();
-    let gap = reqs[1].at - reqs[0].at;
-    assert!(
-        gap >= Duration::from_millis(1990),
-        "the deferred POST came {gap:?} after the first"
-    );
+    let first = message(1);
     // Once the interval has passed since the last POST, the next message notifies at once.
+    // (tests/deferral.rs has the one inside the interval.)
     write_legacy_state(&home.state(), SystemTime::now() - Duration::from_secs(3600));
-    let third = message(3, 3);
+    let second = message(2);
     println!(
         "getmail --idle: delivery to POST {} ms and {} ms",
         first.as_millis(),
-        third.as_millis()
+        second.as_millis()
     );
 
-    assert_eq!(
-        getmail.exited(),
-        None,
-        "getmail --idle stopped; {}",
-        output()
-    );
-    // Checked while it still runs: on SIGTERM getmail says "Operation aborted by user".
-    assert_eq!(output(), r#"getmail stdout: "", stderr: """#);
-    relay.assert_bodies(&[&home.token, &home.token, &home.token]);
+    getmail.assert_idling_quietly();
+    relay.assert_bodies(&[&home.token, &home.token]);
     assert!(dc.messages().iter().all(|m| !m.seen));
 }
 

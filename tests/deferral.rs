@@ -24,7 +24,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::mailhome::{World, chat, getmail_with, getmailrc};
+use common::mailhome::{IdleGetmail, World, chat, getmail_with, getmailrc};
 use common::realmail::{Daemon, MailUser, Ran, hand_over, wait_for};
 use common::{
     Input, PLAIN, Relay, Reply, Run, Running, Sandbox, Sender, exec, refused_url, run_cases,
@@ -842,21 +842,22 @@ fn token_file_in_the_environment() {
 fn real_callers_do_not_wait_for_the_wakeup() {
     run_cases(&[
         ("getmail", getmail_one_shot),
+        ("getmail --idle", getmail_idle),
         ("procmail", procmail_copy),
         ("maildrop", maildrop_cc),
     ]);
 }
 
-/// Two messages in a row through a real caller (`deliver(n)` hands message n over and
-/// returns what the caller did): the first posts at once, the second defers; the caller
-/// returns as fast both times, long before the deferred POST, which still arrives.
+/// Two messages in a row through a real caller (`deliver(n)` hands message n over and checks
+/// what the caller did): the first posts at once, the second defers; the caller is done as
+/// fast both times, long before the deferred POST, which still arrives.
 fn two_messages(
     name: &str,
     relay: &Relay,
     cache_dir: &Path,
     token: &str,
     interval: Duration,
-    mut deliver: impl FnMut(u32) -> Ran,
+    mut deliver: impl FnMut(u32),
 ) {
     let posts = || {
         relay
@@ -870,15 +871,8 @@ fn two_messages(
     };
     let mut timed = |n| {
         let started = Instant::now();
-        let ran = deliver(n);
-        let took = started.elapsed();
-        assert_eq!(
-            (ran.code(), ran.stdout.as_str(), ran.stderr.as_str()),
-            (Some(0), "", ""),
-            "{name}, message {n}: {ran:?}"
-        );
-        assert_eq!(ran.write_error, None, "{name}, message {n}");
-        (started, took)
+        deliver(n);
+        (started, started.elapsed())
     };
     let (_, first) = timed(1);
     // procmail does not wait for a pipe without `w`: the run may still be going.
@@ -921,12 +915,20 @@ fn two_messages(
     );
 }
 
+/// What a mail program that ran to its end must have done with message `n`: exit 0, silent,
+/// the whole message read.
+fn assert_quiet(name: &str, n: u32, ran: &Ran) {
+    assert_eq!(
+        (ran.code(), ran.stdout.as_str(), ran.stderr.as_str()),
+        (Some(0), "", ""),
+        "{name}, message {n}: {ran:?}"
+    );
+    assert_eq!(ran.write_error, None, "{name}, message {n}");
+}
+
 /// getmail, run once by hand (MDA_external), as `examples/getmail/getmailrc` sets it up.
 fn getmail_one_shot() {
-    let w = World::new();
-    let relay = Relay::start();
-    let dc = w.dovecot("dovecot");
-    let home = w.home("home", &token(30));
+    let (w, relay, dc, home) = World::for_getmail(30);
     home.put(
         ".config/getmail/deltapush",
         &getmailrc(&w, &dc, &home, None),
@@ -948,9 +950,34 @@ fn getmail_one_shot() {
                 &env,
             );
             assert_eq!(home.oldmail_lines(), n as usize, "{ran:?}\n{}", dc.log());
-            ran
+            assert_quiet("getmail", n, &ran);
         },
     );
+}
+
+/// getmail --idle as the systemd unit runs it: it hands the second message over and goes on
+/// idling, and the wakeup comes at the interval's end.
+fn getmail_idle() {
+    let (w, relay, dc, home) = World::for_getmail(33);
+    home.put(
+        ".config/getmail/deltapush",
+        &getmailrc(&w, &dc, &home, None),
+    );
+    let env = [("DELTAPUSH_INTERVAL", "3s")];
+    let mut getmail = IdleGetmail::start(&home, "deltapush", &relay.url, &env);
+    two_messages(
+        "getmail --idle",
+        &relay,
+        &home.cache_dir(),
+        &home.token,
+        Duration::from_secs(3),
+        |n| {
+            getmail.deliver(&dc, &chat());
+            getmail.wait_handed_over(n as usize);
+        },
+    );
+    getmail.assert_idling_quietly();
+    assert!(dc.messages().iter().all(|m| !m.seen));
 }
 
 /// procmail with the `:0c` recipe of `examples/procmail/procmailrc`.
@@ -971,7 +998,7 @@ fn procmail_copy() {
             cmd.env("DELTAPUSH_INTERVAL", "3s");
             let ran = hand_over(&format!("procmail-{n}"), cmd, &home.path, &chat());
             assert_eq!(home.maildir_files().len(), n as usize, "{ran:?}");
-            ran
+            assert_quiet("procmail", n, &ran);
         },
     );
 }
@@ -993,7 +1020,7 @@ fn maildrop_cc() {
             cmd.env("DELTAPUSH_INTERVAL", "3s");
             let ran = hand_over(&format!("maildrop-{n}"), cmd, &home.path, &chat());
             assert_eq!(home.maildir_files().len(), n as usize, "{ran:?}");
-            ran
+            assert_quiet("maildrop", n, &ran);
         },
     );
 }

@@ -2,11 +2,12 @@
 //! traverse, a per-run CA, homes with the token file and a copy of the binary, the example files
 //! of `examples/` rendered for them, and the mail programs run in them as the examples set up.
 
-use std::fs;
+use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use tempfile::TempDir;
 
 use super::dovecot::Dovecot;
 use super::examples::render;
-use super::realmail::{Ca, MailUser, Ran, require, run};
+use super::realmail::{Ca, Daemon, MailUser, Ran, require, run, wait_for};
 use super::{Relay, bin, corpus, kill_senders, sha256_hex, token};
 
 /// --timeout for every run the mail programs start: a relay that is down costs this, not the
@@ -282,8 +283,9 @@ pub fn getmail_cmd(home: &Home, rc: &str, relay_url: &str, idle: bool) -> Comman
     // getmail before 6.19.09 installs its SIGCHLD handler only after the fork; an MDA that
     // exits before that is never reaped, and getmail waits out its `timeout` (180 s) for it
     // (getmail6 issue 245). On a loaded machine a parent and child on different CPUs hit that
-    // about once in 500 handovers; on one CPU the parent runs on until it waits.
-    let cpu = first_cpu();
+    // about once in 500 handovers; on one CPU the parent runs on until it waits. Each getmail
+    // gets the next CPU, so that several at once do not crowd onto one.
+    let cpu = next_cpu();
     // SAFETY: sched_setaffinity(2) is async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
@@ -298,16 +300,18 @@ pub fn getmail_cmd(home: &Home, rc: &str, relay_url: &str, idle: bool) -> Comman
     cmd
 }
 
-/// The first CPU this process may run on.
-fn first_cpu() -> usize {
+/// The CPUs this process may run on, in turn.
+fn next_cpu() -> usize {
+    static TURN: AtomicUsize = AtomicUsize::new(0);
     // SAFETY: a zeroed cpu_set_t is a valid empty set for sched_getaffinity to fill.
-    unsafe {
+    let allowed: Vec<usize> = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set);
         (0..libc::CPU_SETSIZE as usize)
-            .find(|&cpu| libc::CPU_ISSET(cpu, &set))
-            .unwrap_or(0)
-    }
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    };
+    allowed[TURN.fetch_add(1, Ordering::Relaxed) % allowed.len()]
 }
 
 /// getmail once, to its end.
@@ -326,6 +330,64 @@ pub fn getmail_with(
     let mut cmd = getmail_cmd(home, rc, relay_url, false);
     cmd.envs(env.iter().copied());
     run(name, cmd, &home.path, Duration::from_secs(60))
+}
+
+/// getmail --idle as the systemd unit runs it, for the rc file `rc`, `env` added to its
+/// environment; what it says goes to files in the home.
+pub struct IdleGetmail<'a> {
+    home: &'a Home,
+    daemon: Daemon,
+}
+
+impl<'a> IdleGetmail<'a> {
+    pub fn start(home: &'a Home, rc: &str, relay_url: &str, env: &[(&str, &str)]) -> Self {
+        let mut cmd = getmail_cmd(home, rc, relay_url, true);
+        cmd.envs(env.iter().copied())
+            .stdout(File::create(home.path.join("idle.stdout")).unwrap())
+            .stderr(File::create(home.path.join("idle.stderr")).unwrap());
+        IdleGetmail {
+            home,
+            daemon: Daemon::spawn("getmail --idle", cmd),
+        }
+    }
+
+    /// What it has said so far.
+    pub fn output(&self) -> String {
+        let read = |name: &str| fs::read_to_string(self.home.path.join(name)).unwrap_or_default();
+        format!(
+            "getmail stdout: {:?}, stderr: {:?}",
+            read("idle.stdout"),
+            read("idle.stderr")
+        )
+    }
+
+    /// Delivers `message` to `dc` once getmail idles there: when.
+    pub fn deliver(&self, dc: &Dovecot, message: &[u8]) -> Instant {
+        dc.wait_idle(Duration::from_secs(20), || self.output());
+        dc.deliver(message);
+        Instant::now()
+    }
+
+    /// Waits until getmail has handed over `n` messages in all.
+    pub fn wait_handed_over(&self, n: usize) {
+        wait_for(
+            Duration::from_secs(5),
+            &format!("getmail handing over message {n}"),
+            || self.home.oldmail_lines() == n,
+        );
+    }
+
+    /// Asserts that it still idles and has said nothing: checked while it runs, as on SIGTERM
+    /// getmail says "Operation aborted by user".
+    pub fn assert_idling_quietly(&mut self) {
+        assert_eq!(
+            self.daemon.exited(),
+            None,
+            "getmail --idle stopped; {}",
+            self.output()
+        );
+        assert_eq!(self.output(), r#"getmail stdout: "", stderr: """#);
+    }
 }
 
 /// The getmail command line of the systemd unit, for the rc file `rc`.
