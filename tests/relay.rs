@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::{
     Https, PLAIN, Relay, Reply, Sandbox, assert_not_notified_line, not_notified, refused_url,
-    token, token_line,
+    run_cases, token, token_line,
 };
 
 /// A relay broken in one way.
@@ -34,7 +34,7 @@ struct Fault {
 }
 
 /// --timeout of every run against a broken relay: room for three attempts with backoff.
-const BUDGET: Duration = Duration::from_secs(2);
+const BUDGET: Duration = Duration::from_secs(1);
 
 impl Fault {
     fn scripted(name: &'static str, reply: Reply, hits: RangeInclusive<usize>) -> Fault {
@@ -130,7 +130,22 @@ impl Fault {
     }
 }
 
+/// The cases that wait on the relay's time (the budget, a backoff, a pause), side by side.
 #[test]
+fn faults_retries_and_pauses() {
+    run_cases(&[
+        ("every relay fault", every_relay_fault),
+        (
+            "a 5xx is retried until it clears",
+            a_5xx_is_retried_until_it_clears,
+        ),
+        (
+            "a pause defers every POST until it ends",
+            a_pause_defers_every_post_until_it_ends,
+        ),
+    ]);
+}
+
 fn every_relay_fault() {
     let tok = token(40);
     let unavailable = |detail: &str| not_notified(&tok, detail);
@@ -178,7 +193,6 @@ fn every_relay_fault() {
     });
 }
 
-#[test]
 fn a_5xx_is_retried_until_it_clears() {
     let sb = Sandbox::new();
     let tok = token(41);
@@ -323,7 +337,6 @@ fn a_gone_token_is_not_posted_again_for_a_day() {
 
 /// A 429 with Retry-After: one POST, no retry within the run, and the message's wakeup is sent
 /// when the pause ends; every message until then shares it.
-#[test]
 fn a_pause_defers_every_post_until_it_ends() {
     let sb = Sandbox::new();
     let tok = token(45);
