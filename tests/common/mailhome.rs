@@ -20,7 +20,7 @@ use super::{Relay, bin, corpus, kill_senders, sha256_hex, token};
 
 /// --timeout for every run the mail programs start: a relay that is down costs this, not the
 /// default 15 s.
-pub const TIMEOUT: &str = "2s";
+pub const TIMEOUT: &str = "1s";
 
 /// One test's temp dir (traversable by the mail user), CA and mail user.
 pub struct World {
