@@ -17,16 +17,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::dovecot::{Dovecot, Stored};
 use common::examples::render;
-use common::mailhome::{Home, IdleGetmail, World, chat, getmail, getmail_cmd, getmailrc};
+use common::mailhome::{Home, IdleGetmail, World, getmail, getmail_cmd, getmailrc};
 use common::realmail::{MailUser, require, run, run_with_input};
-use common::{Relay, corpus, not_notified_around, refused_url, token, write_legacy_state};
-
-/// A bounce marked `Auto-Submitted: auto-replied`: never notifies.
-fn bounce() -> Vec<u8> {
-    let m = fs::read(corpus("gmx_ndn.eml")).unwrap();
-    assert!(String::from_utf8_lossy(&m).contains("Auto-Submitted: auto-replied"));
-    m
-}
+use common::{Relay, bounce, chat, not_notified_around, refused_url, token, write_legacy_state};
 
 /// A message from a person of about `size` bytes.
 fn sized(n: u32, size: usize) -> Vec<u8> {

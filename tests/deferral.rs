@@ -24,10 +24,10 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::mailhome::{IdleGetmail, World, chat, getmail_with, getmailrc};
+use common::mailhome::{IdleGetmail, World, getmail_with, getmailrc};
 use common::realmail::{Daemon, MailUser, Ran, hand_over, wait_for};
 use common::{
-    Input, PLAIN, Relay, Reply, Run, Running, Sandbox, Sender, exec, refused_url, run_cases,
+    Input, PLAIN, Relay, Reply, Run, Running, Sandbox, Sender, chat, exec, refused_url, run_cases,
     senders, shown, start, token, token_line,
 };
 
@@ -249,10 +249,6 @@ fn deferred_secs(case: &Case, stderr: &str) -> u64 {
     n
 }
 
-fn ms(d: Duration) -> u128 {
-    d.as_millis()
-}
-
 // ---------------------------------------------------------------------------------------------
 // The cases with the stand-in relay
 
@@ -333,9 +329,9 @@ fn single_message() {
     println!(
         "single message: the deferring run took {} ms; deferred POST {} ms after the first \
          (interval {} ms)",
-        ms(d.elapsed),
-        ms(posts[1] - post1),
-        ms(c.interval)
+        d.elapsed.as_millis(),
+        (posts[1] - post1).as_millis(),
+        c.interval.as_millis()
     );
     assert!(
         d.elapsed < c.interval / 2,
@@ -381,7 +377,7 @@ fn steady_stream() {
         runs.push(d);
     }
     let posts = c.settle();
-    let offsets: Vec<u128> = posts.iter().map(|&p| ms(p - start)).collect();
+    let offsets: Vec<u128> = posts.iter().map(|&p| (p - start).as_millis()).collect();
     println!("steady stream: POSTs at {offsets:?} ms");
     // The first message finds the interval free.
     assert!(runs[0].started <= posts[0] && posts[0] <= runs[0].ended());
@@ -398,7 +394,7 @@ fn steady_stream() {
                 .iter()
                 .any(|&p| d.started <= p && p <= d.started + c.interval + LATE),
             "message {i} at {} ms had no POST within the interval: {offsets:?}",
-            ms(d.started - start)
+            (d.started - start).as_millis()
         );
     }
     assert!(*posts.last().unwrap() > runs.last().unwrap().started);
@@ -545,8 +541,8 @@ fn descriptors() {
     c.assert_one_interval(post1, posts[1]);
     println!(
         "descriptors: EOF on both pipes {} ms after the run ended, deferred POST {} ms after it",
-        ms(eof),
-        ms(posts[1] - d.ended())
+        eof.as_millis(),
+        (posts[1] - d.ended()).as_millis()
     );
 }
 
@@ -608,7 +604,10 @@ fn soak_of_200() {
     assert_eq!(posts.len(), 2, "one POST at once and one deferred");
     c.assert_one_interval(posts[0], posts[1]);
     assert!(most <= 1, "{most} senders at once");
-    println!("soak of 200: all runs done in {} ms", ms(last - started));
+    println!(
+        "soak of 200: all runs done in {} ms",
+        (last - started).as_millis()
+    );
 }
 
 /// The relay refuses the deferred POST: the next run says so in one line, once; `--check`
@@ -908,10 +907,10 @@ fn two_messages(
     println!(
         "{name}: {} ms with the POST, {} ms with the deferral; deferred POST {} ms after it \
          returned ({} ms after the first)",
-        ms(first),
-        ms(second),
-        ms(post2 - ended),
-        ms(gap)
+        first.as_millis(),
+        second.as_millis(),
+        (post2 - ended).as_millis(),
+        gap.as_millis()
     );
 }
 

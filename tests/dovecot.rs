@@ -18,7 +18,7 @@ use common::examples::render;
 use common::lmtp::{Delivery, Imap, Lmtp};
 use common::mailhome::copy_binary;
 use common::realmail::{MailUser, Ran, require, wait_for};
-use common::{Relay, Reply, backdate, kill_senders, sha256_hex};
+use common::{Relay, Reply, backdate, bounce, kill_senders, sha256_hex};
 
 /// The shipped relay, as the Sieve script names it.
 const RELAY: &str = "https://notifications.delta.chat/notify";
@@ -61,13 +61,6 @@ fn plain(n: u32) -> Vec<u8> {
         std::process::id()
     )
     .into_bytes()
-}
-
-/// A bounce marked `Auto-Submitted: auto-replied`: never notifies.
-fn bounce() -> Vec<u8> {
-    let m = fs::read(common::corpus("gmx_ndn.eml")).unwrap();
-    assert!(String::from_utf8_lossy(&m).contains("Auto-Submitted: auto-replied"));
-    m
 }
 
 /// A user's own Sieve script: files everything into Chats, flagged.

@@ -16,7 +16,7 @@ use tempfile::TempDir;
 use super::dovecot::Dovecot;
 use super::examples::render;
 use super::realmail::{Ca, Daemon, MailUser, Ran, require, run, wait_for};
-use super::{Relay, bin, corpus, kill_senders, sha256_hex, token};
+use super::{Relay, bin, kill_senders, sha256_hex, token};
 
 /// --timeout for every run the mail programs start: a relay that is down costs this, not the
 /// default 15 s.
@@ -406,9 +406,4 @@ pub fn unit_command(rc: &str) -> Vec<String> {
         .collect();
     assert_eq!(words[0], "/usr/bin/getmail", "{line}");
     words
-}
-
-/// A chat message from the corpus of real mail: a person wrote it, so it notifies.
-pub fn chat() -> Vec<u8> {
-    fs::read(corpus("text_from_alice_encrypted.eml")).unwrap()
 }

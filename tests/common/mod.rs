@@ -151,6 +151,23 @@ pub fn corpus(name: &str) -> PathBuf {
     data(&format!("corpus/{name}"))
 }
 
+/// A message from the corpus of real mail, whole.
+fn corpus_message(name: &str) -> Vec<u8> {
+    fs::read(corpus(name)).unwrap()
+}
+
+/// A chat message from the corpus: a person wrote it, so it notifies.
+pub fn chat() -> Vec<u8> {
+    corpus_message("text_from_alice_encrypted.eml")
+}
+
+/// A bounce from the corpus, marked `Auto-Submitted: auto-replied`: never notifies.
+pub fn bounce() -> Vec<u8> {
+    let m = corpus_message("gmx_ndn.eml");
+    assert!(String::from_utf8_lossy(&m).contains("Auto-Submitted: auto-replied"));
+    m
+}
+
 pub type Writer = Box<dyn FnOnce(&mut ChildStdin) -> io::Result<()> + Send>;
 
 /// What the binary gets on standard input.
