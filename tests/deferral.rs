@@ -125,14 +125,7 @@ impl Case {
 
     /// When each POST arrived; each carried this token and nothing else.
     fn posts(&self) -> Vec<Instant> {
-        self.relay
-            .posts()
-            .into_iter()
-            .map(|r| {
-                assert!(r.body == self.token.as_bytes(), "a POST of something else");
-                r.at
-            })
-            .collect()
+        self.relay.post_times(&self.token)
     }
 
     fn wait_posts(&self, n: usize, limit: Duration) -> Vec<Instant> {
@@ -858,16 +851,7 @@ fn two_messages(
     interval: Duration,
     mut deliver: impl FnMut(u32),
 ) {
-    let posts = || {
-        relay
-            .posts()
-            .into_iter()
-            .map(|r| {
-                assert!(r.body == token.as_bytes());
-                r.at
-            })
-            .collect::<Vec<_>>()
-    };
+    let posts = || relay.post_times(token);
     let mut timed = |n| {
         let started = Instant::now();
         deliver(n);

@@ -707,6 +707,17 @@ impl Relay {
             .collect()
     }
 
+    /// When each POST arrived, in order; each must have carried `token` and nothing else.
+    pub fn post_times(&self, token: &str) -> Vec<Instant> {
+        self.posts()
+            .into_iter()
+            .map(|r| {
+                assert!(r.body == token.as_bytes(), "a POST of something else");
+                r.at
+            })
+            .collect()
+    }
+
     pub fn set_default(&self, reply: Reply) {
         self.state.lock().unwrap().default = reply;
     }
