@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::dovecot::MailServer;
 use common::examples::render;
 use common::lmtp::{Delivery, Imap, Lmtp};
-use common::mailhome::copy_binary;
+use common::mailhome::install_binary;
 use common::realmail::{MailUser, Ran, require, wait_for};
 use common::{Relay, Reply, backdate, bounce, kill_senders, sha256_hex};
 
@@ -99,7 +99,7 @@ impl Site {
         // The program where the mail user can run it (the build dir may be closed to it), and
         // in the execute dir the link the README makes.
         let bin = d("bin").join("deltapush-mda");
-        copy_binary(&bin);
+        install_binary(&bin);
         let exec_dir = d("sieve-execute");
         let link = exec_dir.join("deltapush-mda");
         std::os::unix::fs::symlink(&bin, &link).unwrap();

@@ -130,14 +130,18 @@ impl Dovecot {
             return false;
         };
         procs.flatten().any(|p| {
+            // The title first: few processes idle, and one read tells.
+            if !fs::read(p.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(" IDLE]"))
+            {
+                return false;
+            }
             let stat = fs::read_to_string(p.path().join("stat")).unwrap_or_default();
             // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
             let ppid = stat
                 .rsplit_once(')')
                 .and_then(|(_, rest)| rest.split_whitespace().nth(1));
             ppid == Some(master.as_str())
-                && fs::read(p.path().join("cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(" IDLE]"))
         })
     }
 

@@ -82,9 +82,10 @@ impl World {
         let tokens = conf.join("tokens");
         fs::write(&tokens, format!("# test phone\n{token}\n")).unwrap();
         fs::set_permissions(&tokens, fs::Permissions::from_mode(0o600)).unwrap();
-        let bin = path.join("bin/deltapush-mda");
-        copy_binary(&bin);
         mail.own(&path);
+        // After `own`: a link shares the build's inode, which must stay as it is.
+        let bin = path.join("bin/deltapush-mda");
+        install_binary(&bin);
         Home {
             path,
             bin,
@@ -94,10 +95,14 @@ impl World {
     }
 }
 
-/// Puts a copy of the binary at `to`, runnable by every user (the build dir may not be
-/// reachable for the mail user), and waits until it can be run.
-pub fn copy_binary(to: &Path) {
+/// Puts the binary at `to`, runnable by every user (the build dir may not be reachable for the
+/// mail user): a hard link, or where that cannot be, a copy, once it can be run. The binary is
+/// tens of megabytes: a copy per home costs a test suite seconds.
+pub fn install_binary(to: &Path) {
     fs::create_dir_all(to.parent().unwrap()).unwrap();
+    if fs::hard_link(bin(), to).is_ok() {
+        return;
+    }
     fs::copy(bin(), to).unwrap();
     fs::set_permissions(to, fs::Permissions::from_mode(0o755)).unwrap();
     runnable(to);

@@ -5,10 +5,11 @@
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -291,8 +292,10 @@ impl MailUser {
     }
 
     /// Gives `path` and everything below it to this user.
+    /// Not the binary under test, which homes link to (`mailhome::install_binary`): its inode
+    /// is the build's and stays as it is.
     pub fn own(&self, path: &Path) {
-        if !self.switch {
+        if !self.switch || is_the_binary(path) {
             return;
         }
         std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid)).unwrap();
@@ -314,6 +317,14 @@ impl MailUser {
     pub fn is_root_switch(&self) -> bool {
         self.switch
     }
+}
+
+/// Whether `path` is (or leads to) the binary under test.
+fn is_the_binary(path: &Path) -> bool {
+    static BINARY: OnceLock<(u64, u64)> = OnceLock::new();
+    let id = |m: fs::Metadata| (m.dev(), m.ino());
+    let binary = *BINARY.get_or_init(|| id(fs::metadata(super::bin()).unwrap()));
+    fs::metadata(path).is_ok_and(|m| id(m) == binary)
 }
 
 /// A CA and a server certificate for 127.0.0.1 and localhost, made with openssl for this run.
