@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime};
 
 use common::{
     Input, PLAIN, Relay, Reply, Running, Sandbox, Tmpfs, cache_dir_line, exec,
-    in_own_mount_namespace, line, realmail, realmail::wait_for, senders, sha256_hex, token,
-    token_line, tree, write_legacy_state,
+    in_own_mount_namespace, line, realmail, realmail::wait_for, run_cases, senders, sha256_hex,
+    token, token_line, tree, write_legacy_state,
 };
 
 /// The soaks start hundreds of processes on a machine with two cores; the tests that time a run
@@ -319,11 +319,23 @@ fn all_silent(runs: Vec<Running>) {
     }
 }
 
+/// The soaks side by side, under one hold of the machine lock: neither times a run, and the
+/// first mostly waits for its slow relay.
+#[test]
+fn soaks() {
+    let _guard = exclusive();
+    run_cases(&[
+        (
+            "two hundred runs at once make one post",
+            two_hundred_runs_at_once_make_one_post,
+        ),
+        ("twenty tokens ten runs each", twenty_tokens_ten_runs_each),
+    ]);
+}
+
 /// Many runs at once for one token, while a slow relay keeps the first one's lock held: one
 /// POST, every run silent.
-#[test]
 fn two_hundred_runs_at_once_make_one_post() {
-    let _guard = exclusive();
     let sb = Sandbox::new();
     let relay = Relay::scripted(
         Reply::Status(200),
@@ -335,9 +347,7 @@ fn two_hundred_runs_at_once_make_one_post() {
     relay.assert_bodies(&[&tok]);
 }
 
-#[test]
 fn twenty_tokens_ten_runs_each() {
-    let _guard = exclusive();
     let (sb, relay) = Sandbox::with_relay();
     let tokens: Vec<String> = (100..120).map(token).collect();
     let mut runs = Vec::new();
