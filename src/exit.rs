@@ -3,7 +3,7 @@
 
 /// EX_USAGE: the command line or a token is wrong.
 pub const USAGE: u8 = 64;
-/// EX_UNAVAILABLE: `--check` could not reach the relay.
+/// EX_UNAVAILABLE: `--check` could not reach the relay, or found a failed deferred wakeup.
 pub const UNAVAILABLE: u8 = 69;
 /// EX_IOERR: standard input could not be read.
 pub const IOERR: u8 = 74;
@@ -25,11 +25,12 @@ pub const STATUSES: &[Status] = &[
     },
     Status {
         code: USAGE,
-        meaning: "usage: no token, a malformed token, a phone without a push token, a bad option",
+        meaning: "usage: no token, a malformed token, a phone without a push token, a bad option; \
+                  for --check also a token the relay called gone",
     },
     Status {
         code: UNAVAILABLE,
-        meaning: "--check could not reach the relay",
+        meaning: "--check could not reach the relay, or found a deferred wakeup that was not sent",
     },
     Status {
         code: IOERR,
