@@ -189,20 +189,14 @@ fn notify(
                 return defer(cache, &mut locked, token, config, out, now, until);
             }
             locked.save()?;
-            match (answer, line) {
-                (Answer::Delivered(status), _) => {
-                    out.info(format_args!("token {token}: notified: {status}"));
-                    Ok(true)
-                }
-                (Answer::Gone, Some(line)) => {
-                    out.report(format_args!("{line}"));
-                    Ok(true)
-                }
-                (_, line) => {
-                    out.report(format_args!("{}", line.unwrap_or_default()));
-                    Ok(false)
-                }
+            if let Answer::Delivered(status) = answer {
+                out.info(format_args!("token {token}: notified: {status}"));
             }
+            if let Some(line) = line {
+                out.report(format_args!("{line}"));
+            }
+            // A gone token is reported, not failed: retrying the mail cannot revive it.
+            Ok(matches!(answer, Answer::Delivered(_) | Answer::Gone))
         }
     }
 }
