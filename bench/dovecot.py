@@ -408,7 +408,7 @@ def main():
         with open(script, "w") as f:
             f.write(render("dovecot/deltapush.sieve", [(RELAY, 1, relay.url)]))
         fragment = render(
-            "dovecot/90-deltapush.conf", [(SCRIPT, 3, script), (EXEC_DIR, 3, exec_dir)]
+            "dovecot/2.3/90-deltapush.conf", [(SCRIPT, 3, script), (EXEC_DIR, 3, exec_dir)]
         )
         # For comparison, what Dovecot's execute costs by itself: the same script running, in
         # place of deltapush-mda, a program that only reads the message.

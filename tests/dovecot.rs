@@ -111,7 +111,7 @@ impl Site {
         )
         .unwrap();
         let conf = render(
-            "dovecot/90-deltapush.conf",
+            "dovecot/2.3/90-deltapush.conf",
             &[
                 // The install steps in the comment and the setting.
                 (SCRIPT, 3, script.to_str().unwrap()),
@@ -483,7 +483,7 @@ fn debian_conf_d_takes_the_fragment_as_shipped() {
     }
     fs::write(
         conf_d.join("90-deltapush.conf"),
-        render("dovecot/90-deltapush.conf", &[]),
+        render("dovecot/2.3/90-deltapush.conf", &[]),
     )
     .unwrap();
 
