@@ -4,11 +4,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::Cli;
+use crate::cli::{Auth, Cli};
 use crate::error::{Error, Result};
 use crate::message::Rules;
 use crate::relay::Url;
 use crate::token::{self, Token};
+use crate::watch::WatchUrl;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -16,6 +17,7 @@ pub enum Mode {
     DryRun,
     Check,
     SendDeferred,
+    Watch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -41,6 +43,23 @@ pub struct Config {
     pub rules: Rules,
     pub tempfail: bool,
     pub verbosity: Verbosity,
+    /// Set with --watch, in every mode that takes it.
+    pub watch: Option<Watch>,
+}
+
+/// What `--watch` watches, and how it logs in.
+#[derive(Debug)]
+pub struct Watch {
+    pub url: WatchUrl,
+    pub secret: Secret,
+    pub auth: Auth,
+}
+
+/// Where the IMAP password (or OAuth token) comes from; read again at every login.
+#[derive(Debug, Clone)]
+pub enum Secret {
+    File(PathBuf),
+    Command(String),
 }
 
 /// The default cache dir: `$XDG_CACHE_HOME/deltapush-mda`, else `~/.cache/deltapush-mda`.
@@ -59,11 +78,33 @@ pub fn verbosity(quiet: bool, verbose: bool) -> Verbosity {
 
 impl Config {
     pub fn resolve(cli: Cli) -> Result<Config> {
-        let mode = match (cli.check, cli.dry_run, cli.send_deferred) {
-            (true, _, _) => Mode::Check,
-            (_, true, _) => Mode::DryRun,
-            (_, _, true) => Mode::SendDeferred,
+        let mode = match (
+            cli.check,
+            cli.dry_run,
+            cli.send_deferred,
+            cli.watch.is_some(),
+        ) {
+            (true, _, _, _) => Mode::Check,
+            (_, true, _, _) => Mode::DryRun,
+            (_, _, true, _) => Mode::SendDeferred,
+            (_, _, _, true) => Mode::Watch,
             _ => Mode::Deliver,
+        };
+        let watch = match &cli.watch {
+            None => None,
+            Some(url) => Some(Watch {
+                url: WatchUrl::parse(url)?,
+                secret: match (cli.password_file, cli.password_command) {
+                    (Some(path), _) => {
+                        // Checked now, so a wrong file stops the start and not the first login.
+                        crate::watch::read_password_file(&path)?;
+                        Secret::File(path)
+                    }
+                    (None, Some(cmd)) => Secret::Command(cmd),
+                    (None, None) => return Err(Error::NoPassword),
+                },
+                auth: cli.auth,
+            }),
         };
         let mut tokens = Vec::new();
         for arg in &cli.tokens {
@@ -104,6 +145,7 @@ impl Config {
                 Verbosity::Normal if mode == Mode::DryRun => Verbosity::Verbose,
                 v => v,
             },
+            watch,
         })
     }
 }

@@ -7,6 +7,8 @@ pub const USAGE: u8 = 64;
 pub const UNAVAILABLE: u8 = 69;
 /// EX_IOERR: standard input could not be read.
 pub const IOERR: u8 = 74;
+/// EX_NOPERM: the IMAP server refused the watcher's login.
+pub const NOPERM: u8 = 77;
 /// EX_TEMPFAIL: a token could not be notified and `--tempfail` asks the caller to retry.
 pub const TEMPFAIL: u8 = 75;
 /// EX_CONFIG: the setup (cache dir, URL, token file) is wrong.
@@ -30,7 +32,8 @@ pub const STATUSES: &[Status] = &[
     },
     Status {
         code: UNAVAILABLE,
-        meaning: "--check could not reach the relay, or found a deferred wakeup that was not sent",
+        meaning: "--check could not reach the relay, or found a deferred wakeup that was not sent; \
+                  --watch: an imap:// server without STARTTLS",
     },
     Status {
         code: IOERR,
@@ -41,8 +44,13 @@ pub const STATUSES: &[Status] = &[
         meaning: "a token could not be notified and --tempfail was given: the caller should retry",
     },
     Status {
+        code: NOPERM,
+        meaning: "--watch: the IMAP server refused the login",
+    },
+    Status {
         code: CONFIG,
-        meaning: "configuration: cache dir not usable, insecure --url, unreadable --token-file",
+        meaning: "configuration: cache dir not usable, insecure --url, unreadable --token-file; \
+                  --watch: a bad URL, an unusable --password-file, a mailbox that cannot be opened",
     },
 ];
 

@@ -11,6 +11,7 @@ mod message;
 mod relay;
 mod run;
 mod token;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -41,7 +42,7 @@ fn main() -> ExitCode {
     };
     let check = cli.check;
     // A pipe writer must see its message consumed even when the configuration is wrong.
-    let header = match cli.check || cli.send_deferred {
+    let header = match cli.check || cli.send_deferred || cli.watch.is_some() {
         true => Ok(None),
         false => message::read_stdin(),
     };
@@ -56,6 +57,7 @@ fn main() -> ExitCode {
     let result = match config.mode {
         Mode::Check => Ok(check::run(&config)),
         Mode::SendDeferred => deferral::send(&config).map(|()| Outcome::Done),
+        Mode::Watch => watch::run(&config, &out),
         Mode::Deliver | Mode::DryRun => header
             .map_err(Error::Input)
             .and_then(|header| run::deliver(&config, header.as_deref(), &out)),

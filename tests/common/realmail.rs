@@ -140,7 +140,8 @@ impl Daemon {
         self.status.unwrap()
     }
 
-    fn stop(&mut self) {
+    /// Stops the whole group now: SIGTERM, then SIGKILL to whatever is left.
+    pub fn stop(&mut self) {
         let pid = self.pid();
         if self.exited().is_none() {
             signal_group(pid, libc::SIGTERM);

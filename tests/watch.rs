@@ -1,0 +1,548 @@
+//! `deltapush-mda --watch` (issue 17) against the host's real Dovecot 2.3 on 127.0.0.1, with
+//! the stand-in relay recording each wakeup: every chat message woken, automatic mail not,
+//! reconnects, restarts, a refused login, TLS both ways, a server without IDLE, SIGTERM.
+//!
+//! The cases mostly wait on real time, so they run side by side (`run_cases`), each with a
+//! Dovecot and a relay of its own.
+
+mod common;
+
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use common::dovecot::{Dovecot, USER, Variant};
+use common::realmail::{Ca, Daemon, MailUser, poll, wait_for};
+use common::{Relay, Sandbox, TOKEN_BODY, bounce, chat, line, run_cases, token};
+
+/// How long a chat message may wait for its wakeup with `--interval 0`.
+const WITHIN: Duration = Duration::from_secs(1);
+
+/// A Dovecot, a relay and a sandbox: what every watcher case starts from.
+struct Site {
+    dc: Dovecot,
+    relay: Relay,
+    sandbox: Sandbox,
+    ca: Ca,
+    password_file: PathBuf,
+    token: String,
+    // Last: the server stops before its files go.
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    fn new(variant: Variant) -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new(&dir.path().join("ca"));
+        let dc = Dovecot::start_variant(&dir.path().join("dovecot"), &ca, MailUser::get(), variant);
+        let sandbox = Sandbox::new();
+        let password_file = sandbox.write("password", format!("{}\n", dc.password));
+        fs::set_permissions(&password_file, fs::Permissions::from_mode(0o600)).unwrap();
+        Site {
+            dc,
+            relay: Relay::start(),
+            sandbox,
+            ca,
+            password_file,
+            token: token(17),
+            dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        let scheme = match self.is_starttls() {
+            true => "imap",
+            false => "imaps",
+        };
+        format!(
+            "{scheme}://{}@127.0.0.1:{}",
+            USER.replace('@', "%40"),
+            self.dc.port
+        )
+    }
+
+    fn is_starttls(&self) -> bool {
+        fs::read_to_string(self.dir.path().join("dovecot/dovecot.conf"))
+            .unwrap()
+            .contains("imaps {\n    address = 127.0.0.1\n    port = 0\n")
+    }
+
+    /// The watcher's command line: this site's URL, password file, relay and token.
+    fn command(&self, extra: &[&str]) -> Command {
+        let mut cmd = self.sandbox.command();
+        cmd.arg("--watch")
+            .arg(self.url())
+            .arg("--password-file")
+            .arg(&self.password_file)
+            .args(["--url", &self.relay.url])
+            .args(extra)
+            .arg(&self.token)
+            .env("SSL_CERT_FILE", &self.ca.cert);
+        cmd
+    }
+
+    /// Starts a watcher and waits until it idles (or polls) on the mailbox.
+    fn watch(&self, extra: &[&str]) -> Watcher {
+        let w = self.watch_unready(self.command(extra));
+        w.wait_line(&format!("watching {}", self.url()), Duration::from_secs(10));
+        w
+    }
+
+    fn watch_unready(&self, mut cmd: Command) -> Watcher {
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let stderr = self.dir.path().join(format!("watcher-{n}.stderr"));
+        cmd.stdout(File::create(self.dir.path().join("watcher.stdout")).unwrap())
+            .stderr(File::create(&stderr).unwrap());
+        Watcher {
+            daemon: Daemon::spawn("deltapush-mda --watch", cmd),
+            stderr,
+        }
+    }
+
+    /// Delivers `message` into INBOX; returns when it landed.
+    fn deliver(&self, message: &[u8]) -> Instant {
+        self.dc.deliver(message);
+        Instant::now()
+    }
+
+    /// Waits until the relay has `n` POSTs (each of this site's token).
+    fn wait_posts(&self, n: usize, limit: Duration) -> Vec<Instant> {
+        let got = poll(limit, || self.relay.posts().len() >= n);
+        let times = self.relay.post_times(&self.token);
+        assert!(
+            got.is_some(),
+            "{} POSTs within {limit:?}, expected {n}; dovecot log:\n{}",
+            times.len(),
+            self.dc.log()
+        );
+        times
+    }
+
+    /// Asserts that every landing got its own POST after it and within [`WITHIN`], in order.
+    fn assert_woken(&self, landed: &[Instant]) {
+        let posts = self.wait_posts(landed.len(), Duration::from_secs(10));
+        assert_eq!(posts.len(), landed.len(), "one POST per chat message");
+        for (i, (post, land)) in posts.iter().zip(landed).enumerate() {
+            assert!(post >= land, "POST {i} came before its message landed");
+            let late = *post - *land;
+            assert!(late <= WITHIN, "message {i} woken after {late:?}");
+        }
+    }
+
+    fn assert_nothing_seen(&self) {
+        let messages = self.dc.messages();
+        assert!(!messages.is_empty());
+        assert!(
+            messages.iter().all(|m| !m.seen && !m.flags().contains('S')),
+            "a message marked \\Seen: {messages:?}"
+        );
+    }
+}
+
+struct Watcher {
+    daemon: Daemon,
+    stderr: PathBuf,
+}
+
+impl Watcher {
+    fn stderr(&self) -> String {
+        let text = fs::read_to_string(&self.stderr).unwrap_or_default();
+        assert!(!text.contains(TOKEN_BODY), "a token shown: {text}");
+        assert!(!text.contains("pw-"), "a password shown: {text}");
+        assert!(!text.contains("panicked"), "a panic: {text}");
+        text
+    }
+
+    fn wait_line(&self, start: &str, limit: Duration) {
+        let want = format!("deltapush-mda: {start}");
+        let found = poll(limit, || {
+            self.stderr().lines().any(|l| l.starts_with(&want))
+        });
+        assert!(
+            found.is_some(),
+            "no line {want:?} within {limit:?}; stderr:\n{}",
+            self.stderr()
+        );
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: a plain syscall on the watcher this test started.
+        unsafe { libc::kill(self.daemon.pid() as libc::pid_t, signal) };
+    }
+
+    /// SIGTERM, then its exit status (within 5 s).
+    fn terminate(mut self) -> (ExitStatus, String) {
+        self.signal(libc::SIGTERM);
+        let status = self.daemon.wait(Duration::from_secs(5));
+        (status, self.stderr())
+    }
+}
+
+fn watching(site: &Site) -> String {
+    line(&format!("watching {} with IDLE", site.url()))
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn every_chat_message_is_woken() {
+    let site = Site::new(Variant::default());
+    // Old mail is not news: the first start begins from now.
+    site.deliver(&chat());
+    let w = site.watch(&["--interval", "0"]);
+    let mut landed = vec![site.deliver(&chat())];
+    site.assert_woken(&landed);
+    for gap in [30, 100, 300, 540, 1000] {
+        landed.push(site.deliver(&chat()));
+        std::thread::sleep(Duration::from_millis(gap));
+        landed.push(site.deliver(&chat()));
+        site.assert_woken(&landed);
+    }
+    // Right after an automatic message, where getmail misses them.
+    for gap in [0, 100, 520] {
+        site.deliver(&bounce());
+        std::thread::sleep(Duration::from_millis(gap));
+        landed.push(site.deliver(&chat()));
+        site.assert_woken(&landed);
+    }
+    for _ in 0..10 {
+        landed.push(site.deliver(&chat()));
+    }
+    site.assert_woken(&landed);
+    site.assert_nothing_seen();
+    let (status, stderr) = w.terminate();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr, watching(&site));
+    assert!(
+        site.dc.log().contains("Logged out"),
+        "no LOGOUT on SIGTERM:\n{}",
+        site.dc.log()
+    );
+}
+
+fn automatic_mail_and_the_rules_wake_no_one() {
+    let site = Site::new(Variant::default());
+    let w = site.watch(&["--interval", "0", "--skip-from", "carol@example.net"]);
+    site.deliver(&bounce());
+    site.deliver(b"From: Carol <carol@example.net>\r\nSubject: from my other device\r\n\r\nhi\r\n");
+    // The chat message after them is the only one woken, and proves both were seen.
+    let landed = site.deliver(&chat());
+    site.assert_woken(&[landed]);
+    let (status, stderr) = w.terminate();
+    assert_eq!((status.code(), stderr), (Some(0), watching(&site)));
+}
+
+fn reconnects_after_the_imap_process_is_killed() {
+    let site = Site::new(Variant::default());
+    let w = site.watch(&["--interval", "0"]);
+    assert_eq!(site.dc.kill_sessions(), 1);
+    let landed = site.deliver(&chat());
+    // Back within the first backoff (1 s), then the message that landed meanwhile.
+    let posts = site.wait_posts(1, Duration::from_secs(5));
+    assert!(posts[0] - landed < Duration::from_secs(3));
+    let after = site.deliver(&chat());
+    let posts = site.wait_posts(2, Duration::from_secs(5));
+    assert!(posts[1] - after <= WITHIN);
+    let (status, stderr) = w.terminate();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        stderr,
+        format!(
+            "{}{}{}",
+            watching(&site),
+            line(&format!(
+                "{}: the server closed the connection; trying again in 1 s",
+                site.url()
+            )),
+            watching(&site)
+        )
+    );
+    assert_eq!(site.relay.posts().len(), 2, "one wakeup each");
+}
+
+fn reconnects_after_the_server_restarts() {
+    let mut site = Site::new(Variant::default());
+    let w = site.watch(&["--interval", "0"]);
+    let landed = std::cell::Cell::new(None);
+    site.dc.restart(|dc| {
+        dc.deliver(&chat());
+        landed.set(Some(Instant::now()));
+        // Down for a while: the watcher's first retry finds nobody listening.
+        std::thread::sleep(Duration::from_millis(1500));
+    });
+    let posts = site.wait_posts(1, Duration::from_secs(8));
+    assert!(posts[0] > landed.get().unwrap());
+    let after = site.deliver(&chat());
+    let posts = site.wait_posts(2, Duration::from_secs(5));
+    assert!(posts[1] - after <= WITHIN);
+    let (status, stderr) = w.terminate();
+    assert_eq!(status.code(), Some(0));
+    let lines: Vec<&str> = stderr.lines().collect();
+    let url = site.url();
+    assert_eq!(lines[0], format!("deltapush-mda: watching {url} with IDLE"));
+    // Dovecot says BYE on its way down, unless the session process is gone first.
+    assert!(
+        [
+            format!("deltapush-mda: {url}: the server said BYE: Server shutting down.; trying again in 1 s"),
+            format!("deltapush-mda: {url}: the server closed the connection; trying again in 1 s"),
+        ]
+        .contains(&lines[1].to_string()),
+        "{stderr}"
+    );
+    // The first retry meets a server on its way down or not up yet: refused, or reset.
+    assert_eq!(lines.len(), 4, "{stderr}");
+    assert!(
+        lines[2].starts_with(&format!("deltapush-mda: {url}: "))
+            && lines[2].ends_with("; trying again in 2 s"),
+        "{stderr}"
+    );
+    assert_eq!(
+        lines.last().unwrap(),
+        &format!("deltapush-mda: watching {url} with IDLE")
+    );
+    assert_eq!(site.relay.posts().len(), 2, "one wakeup each");
+}
+
+fn a_restarted_watcher_wakes_once_for_mail_that_came_meanwhile() {
+    let site = Site::new(Variant::default());
+    let w = site.watch(&["--interval", "0"]);
+    let (status, _) = w.terminate();
+    assert_eq!(status.code(), Some(0));
+    let state: Vec<PathBuf> = fs::read_dir(site.sandbox.cache_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("watch-")
+        })
+        .collect();
+    assert_eq!(state.len(), 1, "{state:?}");
+    assert_eq!(common::mode(&state[0]), 0o600);
+    assert_eq!(common::mode(&site.sandbox.cache_dir()), 0o700);
+    let landed = [site.deliver(&chat()), site.deliver(&chat())];
+    let w = site.watch(&["--interval", "0"]);
+    let posts = site.wait_posts(2, Duration::from_secs(5));
+    assert!(posts[0] > landed[1]);
+    // And nothing twice: a third message gets the third POST, no more.
+    let third = site.deliver(&chat());
+    site.wait_posts(3, Duration::from_secs(5));
+    let (status, stderr) = w.terminate();
+    assert_eq!((status.code(), stderr), (Some(0), watching(&site)));
+    let posts = site.relay.post_times(&site.token);
+    assert_eq!(posts.len(), 3);
+    assert!(posts[2] - third <= WITHIN);
+}
+
+fn a_refused_login_is_one_line_and_exit_77() {
+    let site = Site::new(Variant::default());
+    fs::write(&site.password_file, "wrong\n").unwrap();
+    let mut w = site.watch_unready(site.command(&[]));
+    let status = w.daemon.wait(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(77));
+    assert_eq!(
+        w.stderr(),
+        line(&format!(
+            "{}: the server refused the login: Authentication failed; fix the password, then \
+             start again",
+            site.url()
+        ))
+    );
+    // Dovecot logs the attempt once the client has gone.
+    wait_for(
+        Duration::from_secs(5),
+        "the failed login in dovecot's log",
+        || site.dc.log().contains("auth failed"),
+    );
+    assert_eq!(
+        site.dc.log().matches("auth failed").count(),
+        1,
+        "{}",
+        site.dc.log()
+    );
+    assert!(
+        site.dc.log().contains("auth failed, 1 attempts"),
+        "{}",
+        site.dc.log()
+    );
+}
+
+fn starttls_with_a_private_ca() {
+    let site = Site::new(Variant {
+        starttls: true,
+        ..Variant::default()
+    });
+    assert!(site.url().starts_with("imap://"));
+    let w = site.watch(&["--interval", "0"]);
+    let landed = site.deliver(&chat());
+    site.assert_woken(&[landed]);
+    let (status, stderr) = w.terminate();
+    assert_eq!((status.code(), stderr), (Some(0), watching(&site)));
+    assert!(site.dc.log().contains("TLS"), "{}", site.dc.log());
+}
+
+fn an_untrusted_certificate_is_refused() {
+    for variant in [
+        Variant::default(),
+        Variant {
+            starttls: true,
+            ..Variant::default()
+        },
+    ] {
+        let site = Site::new(variant);
+        let mut cmd = site.command(&[]);
+        cmd.env_remove("SSL_CERT_FILE");
+        let w = site.watch_unready(cmd);
+        let want = line(&format!(
+            "{}: TLS handshake: invalid peer certificate: UnknownIssuer; trying again in 1 s",
+            site.url()
+        ));
+        wait_for(Duration::from_secs(5), "the TLS refusal", || {
+            w.stderr() == want
+        });
+        // Its retries (after 1 s and 3 s) say the same, so they say nothing.
+        std::thread::sleep(Duration::from_millis(3500));
+        let (status, stderr) = w.terminate();
+        assert_eq!((status.code(), stderr), (Some(0), want));
+        assert!(
+            !site.dc.log().contains("Login:"),
+            "logged in over an untrusted connection:\n{}",
+            site.dc.log()
+        );
+    }
+}
+
+fn a_server_without_idle_is_polled() {
+    let site = Site::new(Variant {
+        no_idle: true,
+        ..Variant::default()
+    });
+    let w = site.watch(&["--interval", "0"]);
+    let landed = site.deliver(&chat());
+    let posts = site.wait_posts(1, Duration::from_secs(32));
+    assert!(posts[0] > landed);
+    let (status, stderr) = w.terminate();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        stderr,
+        line(&format!(
+            "watching {}, asking every 30 s: the server offers no IDLE",
+            site.url()
+        ))
+    );
+    site.assert_nothing_seen();
+}
+
+fn sigterm_leaves_a_deferred_wakeup_to_its_sender() {
+    let site = Site::new(Variant::default());
+    let w = site.watch(&["--interval", "2s"]);
+    let first = site.deliver(&chat());
+    site.assert_woken(&[first]);
+    // Inside the interval: deferred to its end, then the watcher is told to stop.
+    site.deliver(&chat());
+    wait_for(Duration::from_secs(3), "a deferred sender", || {
+        common::senders(&site.sandbox.cache_dir()).len() == 1
+    });
+    let (status, stderr) = w.terminate();
+    assert_eq!((status.code(), stderr), (Some(0), watching(&site)));
+    let posts = site.wait_posts(2, Duration::from_secs(5));
+    assert!(posts[1] - posts[0] >= Duration::from_secs(2));
+    assert!(site.dc.log().contains("Logged out"), "{}", site.dc.log());
+}
+
+#[test]
+fn watch_against_dovecot() {
+    run_cases(&[
+        ("every_chat_message_is_woken", every_chat_message_is_woken),
+        (
+            "automatic_mail_and_the_rules_wake_no_one",
+            automatic_mail_and_the_rules_wake_no_one,
+        ),
+        (
+            "reconnects_after_the_imap_process_is_killed",
+            reconnects_after_the_imap_process_is_killed,
+        ),
+        (
+            "reconnects_after_the_server_restarts",
+            reconnects_after_the_server_restarts,
+        ),
+        (
+            "a_restarted_watcher_wakes_once_for_mail_that_came_meanwhile",
+            a_restarted_watcher_wakes_once_for_mail_that_came_meanwhile,
+        ),
+        (
+            "a_refused_login_is_one_line_and_exit_77",
+            a_refused_login_is_one_line_and_exit_77,
+        ),
+        ("starttls_with_a_private_ca", starttls_with_a_private_ca),
+        (
+            "an_untrusted_certificate_is_refused",
+            an_untrusted_certificate_is_refused,
+        ),
+        (
+            "a_server_without_idle_is_polled",
+            a_server_without_idle_is_polled,
+        ),
+        (
+            "sigterm_leaves_a_deferred_wakeup_to_its_sender",
+            sigterm_leaves_a_deferred_wakeup_to_its_sender,
+        ),
+    ]);
+}
+
+#[test]
+fn bad_watch_settings_are_one_line_each() {
+    let sandbox = Sandbox::new();
+    let secret = sandbox.write("pw", "x\n");
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o644)).unwrap();
+    let s = secret.to_str().unwrap();
+    for (args, code, want) in [
+        (
+            vec!["--watch", "imaps://me@example.org", "tok"],
+            64,
+            "--watch needs --password-file PATH or --password-command CMD".to_string(),
+        ),
+        (
+            vec![
+                "--watch",
+                "pop3://me@example.org",
+                "--password-command",
+                "true",
+                "tok",
+            ],
+            78,
+            "--watch pop3://me@example.org: use imaps://USER@HOST[:PORT][/MAILBOX] or imap://…"
+                .to_string(),
+        ),
+        (
+            vec![
+                "--watch",
+                "imaps://me:pw@example.org",
+                "--password-command",
+                "true",
+                "tok",
+            ],
+            78,
+            "--watch imaps://me:pw@example.org: a password in the URL; give it with \
+             --password-file or --password-command"
+                .to_string(),
+        ),
+        (
+            vec![
+                "--watch",
+                "imaps://me@example.org",
+                "--password-file",
+                s,
+                "tok",
+            ],
+            78,
+            format!("--password-file {s}: readable by every user; run: chmod o-rw {s}"),
+        ),
+    ] {
+        let r = sandbox.run(&args, common::Input::Null);
+        assert_eq!(r.said(), (code, line(&want).as_str()), "{args:?}");
+    }
+}
