@@ -453,6 +453,70 @@ fn sigterm_leaves_a_deferred_wakeup_to_its_sender() {
     assert!(site.dc.log().contains("Logged out"), "{}", site.dc.log());
 }
 
+fn check_logs_in_and_tells_what_the_mailbox_holds() {
+    let site = Site::new(Variant::default());
+    site.deliver(&chat());
+    let r = common::exec(site.command(&["--check"]), common::Input::Null);
+    let url = site.url();
+    let watch_lines: Vec<&str> = r.stdout.lines().filter(|l| l.contains(&url)).collect();
+    assert_eq!(
+        (r.code, watch_lines),
+        (
+            0,
+            vec![
+                format!("ok    {url}: logged in as {USER}").as_str(),
+                format!("ok    {url}: the server offers IDLE").as_str(),
+                format!(
+                    "ok    {url}: INBOX holds 1 message, the next UID is 2; the watcher has not \
+                     run on it yet"
+                )
+                .as_str(),
+            ]
+        ),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(site.relay.posts().is_empty(), "--check posted");
+    // And after a watcher ran: how far it got.
+    let w = site.watch(&["--interval", "0", "-v"]);
+    let landed = site.deliver(&chat());
+    site.assert_woken(&[landed]);
+    let (status, stderr) = w.terminate();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        stderr,
+        format!(
+            "{}{}{}",
+            watching(&site),
+            line("new message, UID 2"),
+            common::notified(&site.token)
+        )
+    );
+    let r = common::exec(site.command(&["--check"]), common::Input::Null);
+    assert!(
+        r.stdout.contains(&format!(
+            "ok    {url}: INBOX holds 2 messages, the next UID is 3; the watcher has handled up \
+             to UID 2\n"
+        )),
+        "{}",
+        r.stdout
+    );
+    site.assert_nothing_seen();
+    // A wrong password fails the check with the watcher's own line and status.
+    fs::write(&site.password_file, "wrong\n").unwrap();
+    let r = common::exec(site.command(&["--check"]), common::Input::Null);
+    assert_eq!(r.code, 77, "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!(
+            "FAIL  {url}: the server refused the login: Authentication failed; fix the password, \
+             then start again\n"
+        )),
+        "{}",
+        r.stdout
+    );
+}
+
 #[test]
 fn watch_against_dovecot() {
     run_cases(&[
@@ -489,6 +553,10 @@ fn watch_against_dovecot() {
         (
             "sigterm_leaves_a_deferred_wakeup_to_its_sender",
             sigterm_leaves_a_deferred_wakeup_to_its_sender,
+        ),
+        (
+            "check_logs_in_and_tells_what_the_mailbox_holds",
+            check_logs_in_and_tells_what_the_mailbox_holds,
         ),
     ]);
 }

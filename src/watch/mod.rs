@@ -183,6 +183,70 @@ pub fn run(config: &Config, out: &Output) -> Result<Outcome> {
     }
 }
 
+/// `--check --watch`: logs in, looks at the mailbox, logs out; posts nothing. One line each:
+/// `Ok` what is fine, `Err` the exit status and what is not.
+pub fn check(config: &Config) -> Vec<std::result::Result<String, (u8, String)>> {
+    let Some(watch) = &config.watch else {
+        return Vec::new();
+    };
+    let url = &watch.url;
+    let tls = match transport::tls_config() {
+        Ok(tls) => tls,
+        Err(e) => {
+            let e = Error::WatchSetup(e);
+            return vec![Err((e.exit_code(), e.to_string()))];
+        }
+    };
+    let mut s = match open(watch, config.timeout, &tls, -1) {
+        Ok(s) => s,
+        Err(End::Fatal(e)) => return vec![Err((e.exit_code(), e.to_string()))],
+        Err(End::Lost { why, .. }) => {
+            return vec![Err((crate::exit::UNAVAILABLE, format!("{url}: {why}")))];
+        }
+        Err(End::Stopped) => return Vec::new(),
+    };
+    let mut lines = vec![Ok(format!("{url}: logged in as {}", url.user))];
+    lines.push(Ok(match s.has(&Capability::Idle) {
+        true => format!("{url}: the server offers IDLE"),
+        false => format!(
+            "{url}: the server offers no IDLE; the watcher will ask every {} s",
+            POLL_EVERY.as_secs()
+        ),
+    }));
+    match s.examine(&url.mailbox) {
+        Ok(Ok(e)) => {
+            let mark = mark::read(&mark::path(&config.cache_dir, &url.key()));
+            let handled = match mark {
+                Some(m) if Some(m.uidvalidity) == e.uidvalidity => {
+                    format!("; the watcher has handled up to UID {}", m.uid)
+                }
+                Some(_) => "; the watcher's state is of an older UIDVALIDITY".to_string(),
+                None => "; the watcher has not run on it yet".to_string(),
+            };
+            lines.push(Ok(format!(
+                "{url}: {} holds {} message{}, the next UID is {}{handled}",
+                url.mailbox,
+                e.exists,
+                if e.exists == 1 { "" } else { "s" },
+                e.uidnext.map_or("unknown".to_string(), |n| n.to_string()),
+            )));
+        }
+        Ok(Err(text)) => {
+            let e = Error::NoMailbox {
+                url: url.to_string(),
+                said: printable(&text),
+            };
+            lines.push(Err((e.exit_code(), e.to_string())));
+        }
+        Err(Fault::Lost(why)) => {
+            lines.push(Err((crate::exit::UNAVAILABLE, format!("{url}: {why}"))))
+        }
+        Err(Fault::Stopped) => {}
+    }
+    s.logout();
+    lines
+}
+
 struct Watcher<'a> {
     config: &'a Config,
     watch: &'a Watch,
@@ -198,7 +262,7 @@ struct Watcher<'a> {
 impl Watcher<'_> {
     /// One connection, from connect to its end.
     fn connection(&mut self) -> End {
-        let mut session = match self.open() {
+        let mut session = match open(self.watch, self.config.timeout, &self.tls, self.stop) {
             Ok(s) => s,
             Err(end) => return end,
         };
@@ -212,66 +276,6 @@ impl Watcher<'_> {
         }
     }
 
-    /// Connect, secure, log in: a session ready for EXAMINE.
-    fn open(&mut self) -> Result<Session, End> {
-        let url = &self.watch.url;
-        let timeout = self.config.timeout;
-        let deadline = Instant::now() + timeout;
-        let mut transport = Transport::connect(&url.host, url.port, self.stop, deadline)?;
-        if url.security == Security::Implicit {
-            transport.start_tls(&self.tls, &url.host, deadline)?;
-        }
-        let mut s = Session::greet(transport, timeout)?;
-        if let Security::StartTls { plain_allowed } = url.security {
-            s.capability()?;
-            if s.has(&Capability::StartTls) {
-                match s.starttls()? {
-                    Reply::Ok => {}
-                    Reply::Refused { text, .. } => {
-                        return Err(End::Lost {
-                            why: format!("STARTTLS refused: {text}"),
-                            was_up: false,
-                        });
-                    }
-                }
-                let deadline = Instant::now() + timeout;
-                s.transport_mut()
-                    .start_tls(&self.tls, &url.host, deadline)?;
-                s.restart_after_tls();
-            } else if !plain_allowed {
-                return Err(End::Fatal(Error::NoStartTls {
-                    url: url.to_string(),
-                }));
-            }
-        }
-        let secret = secret(&self.watch.secret)?;
-        let reply = match self.watch.auth {
-            Auth::Password => s.login(&url.user, &secret)?,
-            Auth::Xoauth2 => s.xoauth2(&url.user, &secret)?,
-        };
-        drop(secret);
-        if let Reply::Refused { code, text } = reply {
-            // RFC 5530: these say "not now", not "not you".
-            let passing = matches!(
-                code.as_deref(),
-                Some("UNAVAILABLE" | "SERVERBUG" | "INUSE" | "LIMIT" | "CONTACTADMIN")
-            );
-            let said = printable(&text);
-            return Err(match passing {
-                true => End::Lost {
-                    why: format!("login failed for now: {said}"),
-                    was_up: false,
-                },
-                false => End::Fatal(Error::LoginRefused {
-                    url: url.to_string(),
-                    said,
-                }),
-            });
-        }
-        s.capability()?;
-        Ok(s)
-    }
-
     fn watch_mailbox(&mut self, s: &mut Session) -> End {
         match self.watch_mailbox_inner(s) {
             Ok(never) => match never {},
@@ -283,13 +287,12 @@ impl Watcher<'_> {
         let url = &self.watch.url;
         let examined = match s.examine(&url.mailbox)? {
             Ok(e) => e,
-            Err(Reply::Refused { text, .. }) => {
+            Err(text) => {
                 return Err(End::Fatal(Error::NoMailbox {
                     url: url.to_string(),
                     said: printable(&text),
                 }));
             }
-            Err(Reply::Ok) => unreachable!("examine returns Ok(…) for OK"),
         };
         let uidvalidity = examined.uidvalidity.unwrap_or(0);
         let from_now = |s: &mut Session| -> Result<u32, End> {
@@ -365,6 +368,69 @@ impl Watcher<'_> {
         self.mark = Some(mark);
         Ok(())
     }
+}
+
+/// Connect, secure, log in: a session ready for EXAMINE. `stop` is the stop pipe, or -1.
+fn open(
+    watch: &Watch,
+    timeout: Duration,
+    tls: &Arc<ClientConfig>,
+    stop: RawFd,
+) -> Result<Session, End> {
+    let url = &watch.url;
+    let deadline = Instant::now() + timeout;
+    let mut transport = Transport::connect(&url.host, url.port, stop, deadline)?;
+    if url.security == Security::Implicit {
+        transport.start_tls(tls, &url.host, deadline)?;
+    }
+    let mut s = Session::greet(transport, timeout)?;
+    if let Security::StartTls { plain_allowed } = url.security {
+        s.capability()?;
+        if s.has(&Capability::StartTls) {
+            match s.starttls()? {
+                Reply::Ok => {}
+                Reply::Refused { text, .. } => {
+                    return Err(End::Lost {
+                        why: format!("STARTTLS refused: {text}"),
+                        was_up: false,
+                    });
+                }
+            }
+            let deadline = Instant::now() + timeout;
+            s.transport_mut().start_tls(tls, &url.host, deadline)?;
+            s.restart_after_tls();
+        } else if !plain_allowed {
+            return Err(End::Fatal(Error::NoStartTls {
+                url: url.to_string(),
+            }));
+        }
+    }
+    let secret = secret(&watch.secret)?;
+    let reply = match watch.auth {
+        Auth::Password => s.login(&url.user, &secret)?,
+        Auth::Xoauth2 => s.xoauth2(&url.user, &secret)?,
+    };
+    drop(secret);
+    if let Reply::Refused { code, text } = reply {
+        // RFC 5530: these say "not now", not "not you".
+        let passing = matches!(
+            code.as_deref(),
+            Some("UNAVAILABLE" | "SERVERBUG" | "INUSE" | "LIMIT" | "CONTACTADMIN")
+        );
+        let said = printable(&text);
+        return Err(match passing {
+            true => End::Lost {
+                why: format!("login failed for now: {said}"),
+                was_up: false,
+            },
+            false => End::Fatal(Error::LoginRefused {
+                url: url.to_string(),
+                said,
+            }),
+        });
+    }
+    s.capability()?;
+    Ok(s)
 }
 
 /// Server text for one line of ours: printable, short.

@@ -25,6 +25,7 @@ const MAX_RESPONSE: u32 = 8 * 1024 * 1024;
 pub struct Examined {
     pub uidvalidity: Option<u32>,
     pub uidnext: Option<u32>,
+    pub exists: u32,
 }
 
 /// How a command ended, when it did not end the session.
@@ -290,15 +291,18 @@ impl Session {
     }
 
     /// EXAMINE: read-only, so nothing the watcher does can change a flag.
-    pub fn examine(&mut self, mailbox: &str) -> Result<Result<Examined, Reply>, Fault> {
+    /// `Ok(Err(text))`: the server refused it, saying `text`.
+    pub fn examine(&mut self, mailbox: &str) -> Result<Result<Examined, String>, Fault> {
         let body = CommandBody::examine(mailbox.to_string())
             .map_err(|_| Fault::Lost("the mailbox name cannot be sent in IMAP".into()))?;
         self.exists = 0;
-        let reply = self.command(body)?;
-        if let Reply::Refused { .. } = reply {
-            return Ok(Err(reply));
+        if let Reply::Refused { text, .. } = self.command(body)? {
+            return Ok(Err(text));
         }
-        let mut examined = Examined::default();
+        let mut examined = Examined {
+            exists: self.exists,
+            ..Examined::default()
+        };
         for code in &self.codes {
             match code {
                 Code::UidValidity(v) => examined.uidvalidity = Some(v.get()),
