@@ -14,7 +14,7 @@ complete -c deltapush-mda -l remember -d 'Remember every token given, and notify
 complete -c deltapush-mda -l dry-run -d 'Decide and report what would be done, one line per token; send nothing, write nothing'
 complete -c deltapush-mda -l tempfail -d 'Exit 75 (EX_TEMPFAIL) when a token could not be notified, so the caller retries the mail'
 complete -c deltapush-mda -l only-chat -d 'Notify only for Delta Chat messages (those with a Chat-Version header)'
-complete -c deltapush-mda -l check -d 'Send nothing; check the tokens, the cache dir and the way to the relay, one line each, and exit 0 only if all is well'
+complete -c deltapush-mda -l check -d 'Send nothing; check the tokens, the cache dir and the way to the relay (and with --watch the login and the mailbox), one line each, and exit 0 only if all is well'
 complete -c deltapush-mda -s v -l verbose -d 'Print one line per decision on standard error'
 complete -c deltapush-mda -s q -l quiet -d 'Print nothing, not even errors: the exit status says it all'
 complete -c deltapush-mda -s h -l help -d 'Print help (see more with \'--help\')'

@@ -113,8 +113,8 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, value_hint = ValueHint::Other)]
     pub max_age: Option<Duration>,
 
-    /// Send nothing; check the tokens, the cache dir and the way to the relay, one line each,
-    /// and exit 0 only if all is well
+    /// Send nothing; check the tokens, the cache dir and the way to the relay (and with --watch
+    /// the login and the mailbox), one line each, and exit 0 only if all is well
     #[arg(long, conflicts_with = "dry_run")]
     pub check: bool,
 
@@ -137,8 +137,8 @@ pub struct Cli {
     pub password_command: Option<String>,
 
     /// With --watch: how to log in
-    #[arg(long, value_name = "MECHANISM", value_enum, default_value_t = Auth::Password,
-          requires = "watch")]
+    #[arg(long, value_name = "MECHANISM", value_enum, env = "DELTAPUSH_AUTH",
+          default_value_t = Auth::Password, requires = "watch")]
     pub auth: Auth,
 
     /// Print one line per decision on standard error

@@ -517,6 +517,91 @@ fn check_logs_in_and_tells_what_the_mailbox_holds() {
     );
 }
 
+/// `examples/watch/account.env` as a user fills it in, as the unit hands it over: the
+/// environment, with the unit's default token file.
+fn the_environment_file_runs_the_watcher() {
+    let site = Site::new(Variant::default());
+    let shipped = fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/watch/account.env"),
+    )
+    .unwrap();
+    let tokens = site
+        .sandbox
+        .home
+        .path()
+        .join(".config/deltapush-mda/tokens");
+    fs::create_dir_all(tokens.parent().unwrap()).unwrap();
+    fs::write(&tokens, format!("{}\n", site.token)).unwrap();
+    let mut cmd = site.sandbox.command();
+    cmd.env("SSL_CERT_FILE", &site.ca.cert)
+        .env("DELTAPUSH_TOKEN_FILE", &tokens)
+        .env("DELTAPUSH_URL", &site.relay.url)
+        .env("DELTAPUSH_INTERVAL", "0");
+    let mut set = Vec::new();
+    for l in shipped
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (name, value) = l.split_once('=').unwrap();
+        let value = match name {
+            "DELTAPUSH_WATCH" => site.url(),
+            "DELTAPUSH_PASSWORD_FILE" => site.password_file.to_str().unwrap().to_string(),
+            other => panic!("{other} in account.env: give it a test value"),
+        };
+        assert!(!value.is_empty());
+        cmd.env(name, &value);
+        set.push(name);
+    }
+    assert_eq!(set, ["DELTAPUSH_WATCH", "DELTAPUSH_PASSWORD_FILE"]);
+    // ExecStart, with ${DELTAPUSH_WATCH} expanded.
+    cmd.arg("--watch").arg(site.url());
+    let w = site.watch_unready(cmd);
+    w.wait_line(&format!("watching {}", site.url()), Duration::from_secs(10));
+    let landed = site.deliver(&chat());
+    site.assert_woken(&[landed]);
+    let (status, stderr) = w.terminate();
+    assert_eq!((status.code(), stderr), (Some(0), watching(&site)));
+}
+
+#[test]
+fn the_unit_verifies() {
+    let analyze = common::realmail::require("systemd-analyze");
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = dir.path().join("runtime");
+    fs::create_dir(&runtime).unwrap();
+    fs::set_permissions(&runtime, fs::Permissions::from_mode(0o700)).unwrap();
+    let shipped = fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/watch/deltapush-watch@.service"),
+    )
+    .unwrap();
+    assert!(shipped.contains("ExecStart=/usr/bin/deltapush-mda --watch ${DELTAPUSH_WATCH}\n"));
+    // The program is where the package puts it only once installed: the build stands in.
+    let unit = dir.path().join("deltapush-watch@.service");
+    fs::write(
+        &unit,
+        shipped.replace("/usr/bin/deltapush-mda", common::bin().to_str().unwrap()),
+    )
+    .unwrap();
+    let out = Command::new(analyze)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", dir.path())
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .args(["--user", "--man=no", "verify"])
+        .arg(dir.path().join("deltapush-watch@work.service"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).as_ref()
+        ),
+        (Some(0), ""),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn watch_against_dovecot() {
     run_cases(&[
@@ -557,6 +642,10 @@ fn watch_against_dovecot() {
         (
             "check_logs_in_and_tells_what_the_mailbox_holds",
             check_logs_in_and_tells_what_the_mailbox_holds,
+        ),
+        (
+            "the_environment_file_runs_the_watcher",
+            the_environment_file_runs_the_watcher,
         ),
     ]);
 }
