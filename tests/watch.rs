@@ -542,7 +542,7 @@ fn the_environment_file_runs_the_watcher() {
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
     {
-        let (name, value) = l.split_once('=').unwrap();
+        let (name, _example) = l.split_once('=').unwrap();
         let value = match name {
             "DELTAPUSH_WATCH" => site.url(),
             "DELTAPUSH_PASSWORD_FILE" => site.password_file.to_str().unwrap().to_string(),
