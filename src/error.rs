@@ -68,6 +68,10 @@ pub enum Error {
     NoStartTls {
         url: String,
     },
+    /// Another watcher watches the same mailbox with the same cache dir.
+    WatchBusy {
+        url: String,
+    },
     /// The watcher could not set up its SIGTERM handling or its TLS.
     WatchSetup(String),
 }
@@ -123,7 +127,9 @@ impl Error {
                 exit::CONFIG
             }
             Error::LoginRefused { .. } => exit::NOPERM,
-            Error::NoStartTls { .. } | Error::WatchSetup(_) => exit::UNAVAILABLE,
+            Error::NoStartTls { .. } | Error::WatchBusy { .. } | Error::WatchSetup(_) => {
+                exit::UNAVAILABLE
+            }
         }
     }
 }
@@ -226,6 +232,10 @@ impl fmt::Display for Error {
                 f,
                 "{url}: the server offers no STARTTLS, and the password must not travel in clear; \
                  use imaps://"
+            ),
+            Error::WatchBusy { url } => write!(
+                f,
+                "{url}: another deltapush-mda --watch watches this mailbox with this cache dir"
             ),
             Error::WatchSetup(why) => write!(f, "--watch: {why}"),
         }

@@ -33,7 +33,7 @@ pub const STATUSES: &[Status] = &[
     Status {
         code: UNAVAILABLE,
         meaning: "--check could not reach the relay, or found a deferred wakeup that was not sent; \
-                  --watch: an imap:// server without STARTTLS",
+                  --watch: an imap:// server without STARTTLS, or another watcher on the same mailbox",
     },
     Status {
         code: IOERR,

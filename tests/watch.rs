@@ -308,6 +308,16 @@ fn reconnects_after_the_server_restarts() {
 fn a_restarted_watcher_wakes_once_for_mail_that_came_meanwhile() {
     let site = Site::new(Variant::default());
     let w = site.watch(&["--interval", "0"]);
+    // One watcher per mailbox and cache dir: a second would wake the phone twice.
+    let mut second = site.watch_unready(site.command(&["--interval", "0"]));
+    assert_eq!(second.daemon.wait(Duration::from_secs(5)).code(), Some(69));
+    assert_eq!(
+        second.stderr(),
+        line(&format!(
+            "{}: another deltapush-mda --watch watches this mailbox with this cache dir",
+            site.url()
+        ))
+    );
     let (status, _) = w.terminate();
     assert_eq!(status.code(), Some(0));
     let state: Vec<PathBuf> = fs::read_dir(site.sandbox.cache_dir())
@@ -320,8 +330,16 @@ fn a_restarted_watcher_wakes_once_for_mail_that_came_meanwhile() {
                 .starts_with("watch-")
         })
         .collect();
-    assert_eq!(state.len(), 1, "{state:?}");
-    assert_eq!(common::mode(&state[0]), 0o600);
+    // The state, and the lock that keeps a second watcher off it.
+    assert_eq!(state.len(), 2, "{state:?}");
+    assert!(
+        state
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "lock"))
+    );
+    for p in &state {
+        assert_eq!(common::mode(p), 0o600, "{}", p.display());
+    }
     assert_eq!(common::mode(&site.sandbox.cache_dir()), 0o700);
     let landed = [site.deliver(&chat()), site.deliver(&chat())];
     let w = site.watch(&["--interval", "0"]);
@@ -602,6 +620,126 @@ fn the_unit_verifies() {
     );
 }
 
+/// A stand-in OAuth 2 token introspection endpoint (RFC 7662) on 127.0.0.1: `token` is an
+/// active token of `USER`, anything else is not. Returns its URL and the tokens it was asked about.
+fn token_endpoint(token: &'static str) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/introspect",
+        listener.local_addr().unwrap().port()
+    );
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                    break;
+                }
+                let h = h.trim_end();
+                if h.is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = h.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    len = value.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let form = String::from_utf8_lossy(&body).into_owned();
+            let given = form
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("token="))
+                .unwrap_or("")
+                .to_string();
+            let json = match given == token {
+                true => format!("{{\"active\": true, \"username\": \"{USER}\"}}"),
+                false => "{\"active\": false}".to_string(),
+            };
+            seen.lock().unwrap().push(given);
+            let mut out = stream;
+            let _ = write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{json}",
+                json.len()
+            );
+        }
+    });
+    (url, asked)
+}
+
+fn xoauth2_with_a_token_from_the_command() {
+    const TOKEN: &str = "ya29.stand-in-access-token";
+    let (url, asked) = token_endpoint(TOKEN);
+    let site = Site::new(Variant {
+        oauth2: Some(url),
+        ..Variant::default()
+    });
+    let helper = site
+        .sandbox
+        .write("token-helper", format!("#!/bin/sh\necho {TOKEN}\n"));
+    fs::set_permissions(&helper, fs::Permissions::from_mode(0o700)).unwrap();
+    let with_helper = |helper: &std::path::Path| {
+        let mut cmd = site.sandbox.command();
+        cmd.arg("--watch")
+            .arg(site.url())
+            .arg("--password-command")
+            .arg(helper)
+            .args([
+                "--auth",
+                "xoauth2",
+                "--interval",
+                "0",
+                "--url",
+                &site.relay.url,
+            ])
+            .arg(&site.token)
+            .env("SSL_CERT_FILE", &site.ca.cert);
+        cmd
+    };
+    let w = site.watch_unready(with_helper(&helper));
+    w.wait_line(&format!("watching {}", site.url()), Duration::from_secs(10));
+    let landed = site.deliver(&chat());
+    site.assert_woken(&[landed]);
+    // The helper runs at every login: a reconnect asks it again.
+    assert_eq!(site.dc.kill_sessions(), 1);
+    wait_for(Duration::from_secs(5), "a second login", || {
+        asked.lock().unwrap().len() == 2
+    });
+    let (status, stderr) = w.terminate();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.starts_with(&watching(&site)), "{stderr}");
+    assert!(!stderr.contains(TOKEN), "{stderr}");
+    assert_eq!(*asked.lock().unwrap(), [TOKEN, TOKEN]);
+
+    // A token the server does not take: one line, exit 77.
+    let wrong = site
+        .sandbox
+        .write("wrong-helper", "#!/bin/sh\necho expired\n");
+    fs::set_permissions(&wrong, fs::Permissions::from_mode(0o700)).unwrap();
+    let mut w = site.watch_unready(with_helper(&wrong));
+    let status = w.daemon.wait(Duration::from_secs(15));
+    let stderr = w.stderr();
+    assert_eq!(status.code(), Some(77), "{stderr}\n{}", site.dc.log());
+    let want = format!(
+        "deltapush-mda: {}: the server refused the login: ",
+        site.url()
+    );
+    assert!(
+        stderr.starts_with(&want) && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+}
+
 #[test]
 fn watch_against_dovecot() {
     run_cases(&[
@@ -646,6 +784,10 @@ fn watch_against_dovecot() {
         (
             "the_environment_file_runs_the_watcher",
             the_environment_file_runs_the_watcher,
+        ),
+        (
+            "xoauth2_with_a_token_from_the_command",
+            xoauth2_with_a_token_from_the_command,
         ),
     ]);
 }

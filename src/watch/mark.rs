@@ -2,7 +2,7 @@
 //! `<cache dir>/watch-<hash of account and mailbox>`, replaced whole (write, then rename), so a
 //! restart or reconnect takes up exactly where the last one stopped.
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -55,6 +55,29 @@ fn parse(text: &str) -> Option<Mark> {
         uidvalidity: uidvalidity?,
         uid: uid?,
     })
+}
+
+/// Takes `<mark>.lock` for as long as the file lives, so that one watcher, not two, wakes the
+/// phone for each message of the mailbox. `None`: another watcher holds it.
+pub fn hold(path: &Path) -> Result<Option<File>> {
+    let lock = path.with_extension("lock");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&lock)
+        .map_err(|source| Error::Cache {
+            path: lock.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(TryLockError::WouldBlock) => Ok(None),
+        Err(TryLockError::Error(source)) => Err(Error::Cache { path: lock, source }),
+    }
 }
 
 pub fn save(path: &Path, mark: Mark) -> Result<()> {

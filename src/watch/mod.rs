@@ -144,6 +144,11 @@ pub fn run(config: &Config, out: &Output) -> Result<Outcome> {
     // Created (0700) and checked up front: the mark lives there as much as the token state.
     Cache::open(&config.cache_dir, true)?;
     let mark_path = mark::path(&config.cache_dir, &watch.url.key());
+    let Some(_held) = mark::hold(&mark_path)? else {
+        return Err(Error::WatchBusy {
+            url: watch.url.to_string(),
+        });
+    };
     let mut watcher = Watcher {
         config,
         watch,

@@ -33,12 +33,15 @@ pub struct Stored {
 }
 
 /// How a [`Dovecot`] differs from the default: IMAP over TLS from the start, IDLE offered.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Variant {
     /// Plain IMAP with STARTTLS (required before login) instead of implicit TLS.
     pub starttls: bool,
     /// Leave IDLE out of the capabilities, as servers without it do.
     pub no_idle: bool,
+    /// Log in with OAuth 2 (XOAUTH2, OAUTHBEARER) only, checking each token at this
+    /// introspection URL (RFC 7662, POST) instead of the password.
+    pub oauth2: Option<String>,
 }
 
 impl Dovecot {
@@ -77,13 +80,37 @@ impl Dovecot {
             true => "imap_capability = IMAP4rev1 LITERAL+ SASL-IR UIDPLUS\n",
             false => "",
         };
+        let (mechanisms, passdb) = match &variant.oauth2 {
+            None => (
+                "plain login",
+                format!("passwd-file\n  args = {}", d("passwd").display()),
+            ),
+            Some(url) => {
+                fs::write(
+                    d("oauth2.conf"),
+                    format!(
+                        "introspection_mode = post\nintrospection_url = {url}\n\
+                         username_attribute = username\nactive_attribute = active\n\
+                         active_value = true\n"
+                    ),
+                )
+                .unwrap();
+                (
+                    "xoauth2 oauthbearer",
+                    format!(
+                        "oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {}",
+                        d("oauth2.conf").display()
+                    ),
+                )
+            }
+        };
         let config = format!(
             "base_dir = {run}\nstate_dir = {state}\nlog_path = {log}\n\
              protocols = imap\nlisten = 127.0.0.1\n\
              ssl = required\nssl_cert = <{cert}\nssl_key = <{key}\n\
-             auth_mechanisms = plain login\n\
+             auth_mechanisms = {mechanisms}\n\
              first_valid_uid = {uid}\n{capability}\
-             passdb {{\n  driver = passwd-file\n  args = {passwd}\n}}\n\
+             passdb {{\n  driver = {passdb}\n}}\n\
              userdb {{\n  driver = passwd-file\n  args = {passwd}\n}}\n\
              mail_location = maildir:{maildir}\n\
              # The process title says IDLE while a client idles: the tests wait on it.\n\
