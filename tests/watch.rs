@@ -121,15 +121,32 @@ impl Site {
         times
     }
 
-    /// Asserts that every landing got its own POST after it and within [`WITHIN`], in order.
+    /// Asserts that every landing has a POST after it within [`WITHIN`], and that no POST came
+    /// without one: messages fetched together share a wakeup, so there may be fewer POSTs.
     fn assert_woken(&self, landed: &[Instant]) {
-        let posts = self.wait_posts(landed.len(), Duration::from_secs(10));
-        assert_eq!(posts.len(), landed.len(), "one POST per chat message");
-        for (i, (post, land)) in posts.iter().zip(landed).enumerate() {
-            assert!(post >= land, "POST {i} came before its message landed");
-            let late = *post - *land;
-            assert!(late <= WITHIN, "message {i} woken after {late:?}");
+        let covered = |posts: &[Instant]| {
+            landed
+                .iter()
+                .all(|l| posts.iter().any(|p| p >= l && *p - *l <= WITHIN))
+        };
+        let done = poll(Duration::from_secs(10), || {
+            covered(&self.relay.post_times(&self.token))
+        });
+        let posts = self.relay.post_times(&self.token);
+        for (i, l) in landed.iter().enumerate() {
+            assert!(
+                done.is_some() || posts.iter().any(|p| p >= l && *p - *l <= WITHIN),
+                "message {i} not woken within {WITHIN:?}; POSTs after it: {:?}",
+                posts
+                    .iter()
+                    .filter(|p| *p >= l)
+                    .map(|p| *p - *l)
+                    .collect::<Vec<_>>()
+            );
         }
+        assert!(done.is_some());
+        assert!(posts.len() <= landed.len(), "a POST without a message");
+        assert!(posts[0] >= landed[0], "a POST before the first message");
     }
 
     fn assert_nothing_seen(&self) {
@@ -237,14 +254,17 @@ fn automatic_mail_and_the_rules_wake_no_one() {
 fn reconnects_after_the_imap_process_is_killed() {
     let site = Site::new(Variant::default());
     let w = site.watch(&["--interval", "0"]);
+    let before = site.deliver(&chat());
+    site.assert_woken(&[before]);
+    // Killed, and mail arrives while the session is gone.
     assert_eq!(site.dc.kill_sessions(), 1);
     let landed = site.deliver(&chat());
     // Back within the first backoff (1 s), then the message that landed meanwhile.
-    let posts = site.wait_posts(1, Duration::from_secs(5));
-    assert!(posts[0] - landed < Duration::from_secs(3));
-    let after = site.deliver(&chat());
     let posts = site.wait_posts(2, Duration::from_secs(5));
-    assert!(posts[1] - after <= WITHIN);
+    assert!(posts[1] > landed && posts[1] - landed < Duration::from_secs(3));
+    let after = site.deliver(&chat());
+    let posts = site.wait_posts(3, Duration::from_secs(5));
+    assert!(posts[2] - after <= WITHIN);
     let (status, stderr) = w.terminate();
     assert_eq!(status.code(), Some(0));
     assert_eq!(
@@ -259,20 +279,24 @@ fn reconnects_after_the_imap_process_is_killed() {
             watching(&site)
         )
     );
-    assert_eq!(site.relay.posts().len(), 2, "one wakeup each");
+    assert_eq!(site.relay.posts().len(), 3, "one wakeup each");
 }
 
 fn reconnects_after_the_server_restarts() {
     let mut site = Site::new(Variant::default());
     let w = site.watch(&["--interval", "0"]);
     let landed = std::cell::Cell::new(None);
+    // Down for 20 s, with mail arriving meanwhile. The watcher tries again after 1, 3, 7, 15
+    // and 31 s: the last one finds the server back.
     site.dc.restart(|dc| {
         dc.deliver(&chat());
+        std::thread::sleep(Duration::from_secs(10));
+        dc.deliver(&chat());
         landed.set(Some(Instant::now()));
-        // Down for a while: the watcher's first retry finds nobody listening.
-        std::thread::sleep(Duration::from_millis(1500));
+        std::thread::sleep(Duration::from_secs(10));
     });
-    let posts = site.wait_posts(1, Duration::from_secs(8));
+    // Both fetched at once after the reconnect: one wakeup for the two.
+    let posts = site.wait_posts(1, Duration::from_secs(15));
     assert!(posts[0] > landed.get().unwrap());
     let after = site.deliver(&chat());
     let posts = site.wait_posts(2, Duration::from_secs(5));
@@ -291,18 +315,22 @@ fn reconnects_after_the_server_restarts() {
         .contains(&lines[1].to_string()),
         "{stderr}"
     );
-    // The first retry meets a server on its way down or not up yet: refused, or reset.
-    assert_eq!(lines.len(), 4, "{stderr}");
-    assert!(
-        lines[2].starts_with(&format!("deltapush-mda: {url}: "))
-            && lines[2].ends_with("; trying again in 2 s"),
+    // Each retry until the server is back finds nobody listening: said once.
+    assert_eq!(
+        lines[2],
+        format!(
+            "deltapush-mda: {url}: connecting to 127.0.0.1:{}: connection refused; trying again \
+             in 2 s",
+            site.dc.port
+        ),
         "{stderr}"
     );
+    assert_eq!(lines.len(), 4, "{stderr}");
     assert_eq!(
         lines.last().unwrap(),
         &format!("deltapush-mda: watching {url} with IDLE")
     );
-    assert_eq!(site.relay.posts().len(), 2, "one wakeup each");
+    assert_eq!(site.relay.posts().len(), 2, "none woken twice");
 }
 
 fn a_restarted_watcher_wakes_once_for_mail_that_came_meanwhile() {
@@ -343,16 +371,17 @@ fn a_restarted_watcher_wakes_once_for_mail_that_came_meanwhile() {
     assert_eq!(common::mode(&site.sandbox.cache_dir()), 0o700);
     let landed = [site.deliver(&chat()), site.deliver(&chat())];
     let w = site.watch(&["--interval", "0"]);
-    let posts = site.wait_posts(2, Duration::from_secs(5));
+    // One wakeup for the two that came meanwhile.
+    let posts = site.wait_posts(1, Duration::from_secs(5));
     assert!(posts[0] > landed[1]);
-    // And nothing twice: a third message gets the third POST, no more.
+    // And nothing twice: a third message gets the second POST, no more.
     let third = site.deliver(&chat());
-    site.wait_posts(3, Duration::from_secs(5));
+    site.wait_posts(2, Duration::from_secs(5));
     let (status, stderr) = w.terminate();
     assert_eq!((status.code(), stderr), (Some(0), watching(&site)));
     let posts = site.relay.post_times(&site.token);
-    assert_eq!(posts.len(), 3);
-    assert!(posts[2] - third <= WITHIN);
+    assert_eq!(posts.len(), 2);
+    assert!(posts[1] - third <= WITHIN);
 }
 
 fn a_refused_login_is_one_line_and_exit_77() {

@@ -28,6 +28,7 @@ use crate::cache::Cache;
 use crate::cli::Auth;
 use crate::config::{Config, Secret, Watch};
 use crate::error::{Error, Result};
+use crate::message;
 use crate::run::{self, Outcome, Output};
 use crate::token::read_checked;
 
@@ -48,12 +49,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(4 * 60);
 /// A password command that takes longer than this is taken as failed.
 const COMMAND_LIMIT: Duration = Duration::from_secs(60);
 
+/// A connection that watched this long before it failed was fine: the backoff starts over.
+/// One that fails sooner (a server that takes the login, then drops the session) keeps backing
+/// off, so it cannot make the watcher reconnect every second.
+const STABLE: Duration = Duration::from_secs(60);
+
 /// Why one connection ended.
 enum End {
-    /// Reconnect after a backoff; says why, and whether the session had been up.
+    /// Reconnect after a backoff; says why.
     Lost {
         why: String,
-        was_up: bool,
     },
     Stopped,
     Fatal(Error),
@@ -62,7 +67,7 @@ enum End {
 impl From<Fault> for End {
     fn from(f: Fault) -> End {
         match f {
-            Fault::Lost(why) => End::Lost { why, was_up: false },
+            Fault::Lost(why) => End::Lost { why },
             Fault::Stopped => End::Stopped,
         }
     }
@@ -89,7 +94,6 @@ fn secret(secret: &Secret) -> Result<String, End> {
         Secret::File(path) => read_password_file(path).map_err(End::Fatal),
         Secret::Command(cmd) => run_password_command(cmd).map_err(|why| End::Lost {
             why: format!("--password-command: {why}"),
-            was_up: false,
         }),
     }
 }
@@ -158,14 +162,17 @@ pub fn run(config: &Config, out: &Output) -> Result<Outcome> {
         mark_path: mark_path.as_path(),
         mark: mark::read(&mark_path),
         reported: None,
+        watching_since: None,
     };
     let mut backoff = FIRST_BACKOFF;
     loop {
         match watcher.connection() {
             End::Stopped => return Ok(Outcome::Done),
             End::Fatal(e) => return Err(e),
-            End::Lost { why, was_up } => {
-                if was_up {
+            End::Lost { why } => {
+                if let Some(since) = watcher.watching_since.take()
+                    && since.elapsed() >= STABLE
+                {
                     backoff = FIRST_BACKOFF;
                 }
                 let line = format!(
@@ -262,6 +269,8 @@ struct Watcher<'a> {
     mark: Option<Mark>,
     /// The failure last reported, until the watcher is back.
     reported: Option<String>,
+    /// When the current connection began to watch.
+    watching_since: Option<Instant>,
 }
 
 impl Watcher<'_> {
@@ -276,8 +285,7 @@ impl Watcher<'_> {
                 session.logout();
                 End::Stopped
             }
-            End::Lost { why, .. } => End::Lost { why, was_up: true },
-            fatal => fatal,
+            other => other,
         }
     }
 
@@ -331,6 +339,7 @@ impl Watcher<'_> {
             )),
         }
         self.reported = None;
+        self.watching_since = Some(Instant::now());
         loop {
             if idle {
                 if s.idle(IDLE_RENEW)? == Woken::Renew {
@@ -346,22 +355,38 @@ impl Watcher<'_> {
         }
     }
 
-    /// Wakes the tokens for every message above the mark, moving the mark past each one, until
-    /// a fetch finds nothing new.
+    /// Wakes the tokens for the messages above the mark, then moves the mark past them, until a
+    /// fetch finds nothing new. One wakeup serves all the messages of one fetch: the phone
+    /// fetches them all, so the first message that the rules let through is handed to
+    /// `run::deliver`, and those after it need none of their own (a relay that is down then
+    /// costs one --timeout per fetch, not one per message).
     fn catch_up(&mut self, s: &mut Session) -> Result<(), End> {
         loop {
-            let mark = self.mark.expect("set after EXAMINE");
-            let found = s.fetch_after(mark.uid)?;
-            if found.is_empty() {
+            let Some(mark) = self.mark else {
                 return Ok(());
-            }
-            for (uid, header) in found {
+            };
+            let found = s.fetch_after(mark.uid)?;
+            let Some(&(last, _)) = found.last() else {
+                return Ok(());
+            };
+            let mut woken = false;
+            for (uid, header) in &found {
                 self.out.info(format_args!("new message, UID {uid}"));
-                run::deliver(self.config, Some(&header), self.out).map_err(End::Fatal)?;
-                // After the wakeup, not before: a crash in between costs a second wakeup, never
-                // a missed one.
-                self.set_mark(Mark { uid, ..mark })?;
+                if woken {
+                    continue;
+                }
+                let wanted = self
+                    .config
+                    .rules
+                    .skip(&message::summarize(header), run::unix_now())
+                    .is_none();
+                // The same decision as a delivery, which also says why a message is skipped.
+                run::deliver(self.config, Some(header), self.out).map_err(End::Fatal)?;
+                woken = wanted;
             }
+            // After the wakeup, not before: a crash in between costs a second wakeup, never a
+            // missed one.
+            self.set_mark(Mark { uid: last, ..mark })?;
             if !s.changed {
                 return Ok(());
             }
@@ -397,7 +422,6 @@ fn open(
                 Reply::Refused { text, .. } => {
                     return Err(End::Lost {
                         why: format!("STARTTLS refused: {text}"),
-                        was_up: false,
                     });
                 }
             }
@@ -426,7 +450,6 @@ fn open(
         return Err(match passing {
             true => End::Lost {
                 why: format!("login failed for now: {said}"),
-                was_up: false,
             },
             false => End::Fatal(Error::LoginRefused {
                 url: url.to_string(),

@@ -1,5 +1,5 @@
 //! One IMAP session over a [`Transport`]: imap-next keeps the protocol (tags, literals, IDLE,
-//! SASL); this drives it with a deadline on every exchange.
+//! SASL); this drives it with a deadline on every read and write.
 
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
@@ -87,9 +87,8 @@ impl Session {
             fetched: Vec::new(),
             buf: vec![0; 16 * 1024],
         };
-        let deadline = s.deadline();
         loop {
-            match s.event(deadline)? {
+            match s.event(None)? {
                 Event::GreetingReceived { greeting } => {
                     if greeting.kind == GreetingKind::Bye {
                         return Err(Fault::Lost(format!(
@@ -105,10 +104,6 @@ impl Session {
                 _ => continue,
             }
         }
-    }
-
-    fn deadline(&self) -> Instant {
-        Instant::now() + self.timeout
     }
 
     pub fn has(&self, cap: &Capability) -> bool {
@@ -131,15 +126,19 @@ impl Session {
         Tag::try_from(format!("D{}", self.next_tag)).expect("letters and digits make a tag")
     }
 
-    /// The next protocol event, doing the reads and writes it needs.
-    fn event(&mut self, deadline: Instant) -> Result<Event, Fault> {
+    /// The next protocol event, doing the reads and writes it needs. Each read and write may
+    /// take --timeout; inside IDLE (`idle_until`), where a server may rightly say nothing for
+    /// minutes, a read waits until the renewal instead.
+    fn event(&mut self, idle_until: Option<Instant>) -> Result<Event, Fault> {
         loop {
             match self.client.next() {
                 Ok(event) => return Ok(event),
                 Err(Interrupt::Io(Io::Output(bytes))) => {
-                    self.transport.write_all(&bytes, deadline)?;
+                    self.transport
+                        .write_all(&bytes, Instant::now() + self.timeout)?;
                 }
                 Err(Interrupt::Io(Io::NeedMoreInput)) => {
+                    let deadline = idle_until.unwrap_or_else(|| Instant::now() + self.timeout);
                     let n = self.transport.read(&mut self.buf, deadline)?;
                     self.client.enqueue_input(&self.buf[..n]);
                 }
@@ -154,10 +153,10 @@ impl Session {
     fn note(&mut self, event: Event) -> Result<(), Fault> {
         match event {
             Event::DataReceived { data } => match data {
+                // Any EXISTS, not only a larger one: an expunge and a new message may leave the
+                // count as it was, and a fetch too many costs one round trip.
                 Data::Exists(n) => {
-                    if n > self.exists {
-                        self.changed = true;
-                    }
+                    self.changed = true;
                     self.exists = n;
                 }
                 Data::Expunge(_) => self.exists = self.exists.saturating_sub(1),
@@ -205,9 +204,8 @@ impl Session {
             body,
         };
         self.client.enqueue_command(command);
-        let deadline = self.deadline();
         loop {
-            let event = self.event(deadline)?;
+            let event = self.event(None)?;
             match event {
                 Event::StatusReceived {
                     status: Status::Tagged(tagged),
@@ -339,9 +337,8 @@ impl Session {
             tag: tag.clone(),
             body,
         });
-        let deadline = self.deadline();
         loop {
-            match self.event(deadline)? {
+            match self.event(None)? {
                 Event::StatusReceived {
                     status: Status::Tagged(tagged),
                 } if tagged.tag == tag => return Ok(reply(tagged.body)),
@@ -404,9 +401,8 @@ impl Session {
             tag: tag.clone(),
             body: CommandBody::Idle,
         });
-        let deadline = self.deadline();
         loop {
-            match self.event(deadline)? {
+            match self.event(None)? {
                 Event::IdleAccepted { .. } => break,
                 Event::IdleRejected { status, .. } => {
                     return Err(Fault::Lost(format!(
@@ -425,7 +421,7 @@ impl Session {
             if Instant::now() >= until {
                 break Woken::Renew;
             }
-            match self.event(until) {
+            match self.event(Some(until)) {
                 Ok(event) => self.note(event)?,
                 // The renewal is due: the read's deadline was IDLE's own.
                 Err(Fault::Lost(_)) if Instant::now() >= until => break Woken::Renew,
@@ -433,9 +429,8 @@ impl Session {
             }
         };
         self.client.set_idle_done();
-        let deadline = self.deadline();
         loop {
-            match self.event(deadline)? {
+            match self.event(None)? {
                 Event::StatusReceived {
                     status: Status::Tagged(tagged),
                 } if tagged.tag == tag => match tagged.body.kind {
