@@ -315,17 +315,21 @@ fn reconnects_after_the_server_restarts() {
         .contains(&lines[1].to_string()),
         "{stderr}"
     );
-    // Each retry until the server is back finds nobody listening: said once.
-    assert_eq!(
-        lines[2],
-        format!(
-            "deltapush-mda: {url}: connecting to 127.0.0.1:{}: connection refused; trying again \
-             in 2 s",
-            site.dc.port
-        ),
+    // The retries until the server is back find nobody listening, said once; the first may
+    // still meet a login process of the old server, which resets the connection.
+    let refused = format!(
+        "deltapush-mda: {url}: connecting to 127.0.0.1:{}: connection refused; trying again in",
+        site.dc.port
+    );
+    let middle = &lines[2..lines.len() - 1];
+    assert!(
+        (1..=2).contains(&middle.len())
+            && middle.last().unwrap().starts_with(&refused)
+            && middle
+                .iter()
+                .all(|l| l.starts_with(&format!("deltapush-mda: {url}: "))),
         "{stderr}"
     );
-    assert_eq!(lines.len(), 4, "{stderr}");
     assert_eq!(
         lines.last().unwrap(),
         &format!("deltapush-mda: watching {url} with IDLE")
@@ -481,6 +485,79 @@ fn a_server_without_idle_is_polled() {
         ))
     );
     site.assert_nothing_seen();
+}
+
+fn a_uidvalidity_change_starts_over_without_a_flood() {
+    let site = Site::new(Variant::default());
+    let w = site.watch(&["--interval", "0"]);
+    let first = site.deliver(&chat());
+    site.assert_woken(&[first]);
+    let (status, _) = w.terminate();
+    assert_eq!(status.code(), Some(0));
+    site.deliver(&chat());
+    // The mailbox is numbered anew, as after a restore from backup: its UIDVALIDITY (the `V` of
+    // dovecot-uidlist) changes, and the indexes that remember the old one go.
+    let maildir = site.dir.path().join("dovecot/mail/Maildir");
+    let uidlist = maildir.join("dovecot-uidlist");
+    let text = fs::read_to_string(&uidlist).unwrap();
+    let (header, rest) = text.split_once('\n').unwrap();
+    let header: Vec<String> = header
+        .split(' ')
+        .map(|f| match f.strip_prefix('V') {
+            Some(v) => format!("V{}", v.parse::<u32>().unwrap() + 1000),
+            None => f.to_string(),
+        })
+        .collect();
+    fs::write(&uidlist, format!("{}\n{rest}", header.join(" "))).unwrap();
+    for entry in fs::read_dir(&maildir).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("dovecot.index")
+        {
+            fs::remove_file(path).unwrap();
+        }
+    }
+    let w = site.watch(&["--interval", "0"]);
+    let landed = site.deliver(&chat());
+    let posts = site.wait_posts(2, Duration::from_secs(5));
+    assert!(posts[1] > landed && posts[1] - landed <= WITHIN);
+    let (status, stderr) = w.terminate();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        stderr,
+        format!(
+            "{}{}",
+            line(&format!(
+                "{}: the mailbox's UIDVALIDITY changed; starting over from the mail there now",
+                site.url()
+            )),
+            watching(&site)
+        )
+    );
+    assert_eq!(site.relay.posts().len(), 2, "no flood of old mail");
+}
+
+/// With the default --interval (10 s), a message inside the interval is woken at its end: within
+/// the interval plus 1 s of landing.
+fn the_default_interval_defers_the_next_wakeup_to_its_end() {
+    let site = Site::new(Variant::default());
+    let w = site.watch(&[]);
+    let first = site.deliver(&chat());
+    site.assert_woken(&[first]);
+    let second = site.deliver(&chat());
+    let third = site.deliver(&chat());
+    let posts = site.wait_posts(2, Duration::from_secs(12));
+    assert!(posts[1] - posts[0] >= Duration::from_secs(10), "{posts:?}");
+    for landed in [second, third] {
+        assert!(posts[1] > landed && posts[1] - landed <= Duration::from_secs(11));
+    }
+    let (status, stderr) = w.terminate();
+    assert_eq!((status.code(), stderr), (Some(0), watching(&site)));
+    // The sender's POST was the last: one for both messages.
+    assert_eq!(site.relay.posts().len(), 2);
 }
 
 fn sigterm_leaves_a_deferred_wakeup_to_its_sender() {
@@ -817,6 +894,14 @@ fn watch_against_dovecot() {
         (
             "xoauth2_with_a_token_from_the_command",
             xoauth2_with_a_token_from_the_command,
+        ),
+        (
+            "the_default_interval_defers_the_next_wakeup_to_its_end",
+            the_default_interval_defers_the_next_wakeup_to_its_end,
+        ),
+        (
+            "a_uidvalidity_change_starts_over_without_a_flood",
+            a_uidvalidity_change_starts_over_without_a_flood,
         ),
     ]);
 }
