@@ -7,6 +7,7 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::exit;
+use crate::privileges::Kept;
 use crate::token::{FileProblem, Name, Platform, location};
 
 #[derive(Debug)]
@@ -44,6 +45,8 @@ pub enum Error {
     Input(io::Error),
     /// The deferred sender got no usable token on its pipe.
     DeferredInput,
+    /// Started with a way back to another user, which could not be given up.
+    Privileges(Kept),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -82,6 +85,7 @@ impl Error {
             | Error::CacheDir { .. }
             | Error::Cache { .. } => exit::CONFIG,
             Error::Input(_) => exit::IOERR,
+            Error::Privileges(_) => exit::NOPERM,
         }
     }
 }
@@ -164,6 +168,12 @@ impl fmt::Display for Error {
             }
             Error::Input(e) => write!(f, "reading the message from standard input: {e}"),
             Error::DeferredInput => f.write_str("--send-deferred: no token on standard input"),
+            Error::Privileges(Kept { kind, ids, source }) => write!(
+                f,
+                "started with real {kind} {}, effective {}, saved {}, and could not make them all \
+                 {}: {source}; nothing was read or sent",
+                ids.real, ids.effective, ids.saved, ids.effective
+            ),
         }
     }
 }
@@ -188,7 +198,8 @@ impl std::error::Error for Error {
                 ..
             }
             | Error::Cache { source: e, .. }
-            | Error::Input(e) => Some(e),
+            | Error::Input(e)
+            | Error::Privileges(Kept { source: e, .. }) => Some(e),
             _ => None,
         }
     }

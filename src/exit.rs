@@ -7,6 +7,9 @@ pub const USAGE: u8 = 64;
 pub const UNAVAILABLE: u8 = 69;
 /// EX_IOERR: standard input could not be read.
 pub const IOERR: u8 = 74;
+/// EX_NOPERM: started with a way back to another user (a real or saved uid or gid other than the
+/// effective one) that could not be given up.
+pub const NOPERM: u8 = 77;
 /// EX_TEMPFAIL: a token could not be notified and `--tempfail` asks the caller to retry.
 pub const TEMPFAIL: u8 = 75;
 /// EX_CONFIG: the setup (cache dir, URL, token file) is wrong.
@@ -39,6 +42,11 @@ pub const STATUSES: &[Status] = &[
     Status {
         code: TEMPFAIL,
         meaning: "a token could not be notified and --tempfail was given: the caller should retry",
+    },
+    Status {
+        code: NOPERM,
+        meaning: "started with a real or saved uid or gid other than the effective one, and could \
+                  not give it up: nothing was read or sent",
     },
     Status {
         code: CONFIG,

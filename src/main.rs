@@ -8,6 +8,7 @@ mod deferral;
 mod error;
 mod exit;
 mod message;
+mod privileges;
 mod relay;
 mod run;
 mod token;
@@ -22,6 +23,13 @@ use crate::error::Error;
 use crate::run::{Outcome, Output};
 
 fn main() -> ExitCode {
+    // Before anything is read: not even a bad command line is worth a way back to root.
+    if let Err(kept) = privileges::drop_to_effective() {
+        let out = Output {
+            verbosity: verbosity_of_bad_command_line(),
+        };
+        return exit(Err(Error::Privileges(kept)), &out, false);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version
