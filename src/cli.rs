@@ -126,9 +126,19 @@ pub struct Cli {
     #[arg(short, long)]
     pub quiet: bool,
 
+    /// For Dovecot's Sieve, which runs before the message is stored: decide, and keep the
+    /// wakeup for the delivering process until its commit hook runs --release
+    #[arg(long, conflicts_with_all = ["check", "dry_run"])]
+    pub hold: bool,
+
+    /// For Dovecot's commit hook, once the message is stored: hand what the --hold run of the
+    /// same delivering process kept to each token's sender, and return at once
+    #[arg(long, conflicts_with_all = ["check", "dry_run", "remember", "hold", "tokens", "token_file"])]
+    pub release: bool,
+
     /// The deferred sender that a run starts: it reads one token on standard input, waits for
     /// the token's interval to end and posts it. Not for people.
-    #[arg(long, hide = true, conflicts_with_all = ["check", "dry_run", "remember"])]
+    #[arg(long, hide = true, conflicts_with_all = ["check", "dry_run", "remember", "hold", "release"])]
     pub send_deferred: bool,
 }
 

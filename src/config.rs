@@ -15,6 +15,10 @@ pub enum Mode {
     Deliver,
     DryRun,
     Check,
+    /// Decide, and keep the wakeup until the delivering process has stored the message.
+    Hold,
+    /// Wake what the delivering process held, now that it has stored the message.
+    Release,
     SendDeferred,
 }
 
@@ -25,7 +29,7 @@ pub enum Verbosity {
     Verbose,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub mode: Mode,
     /// Given on the command line and in the token file, in order, each once. Empty only with
@@ -59,10 +63,12 @@ pub fn verbosity(quiet: bool, verbose: bool) -> Verbosity {
 
 impl Config {
     pub fn resolve(cli: Cli) -> Result<Config> {
-        let mode = match (cli.check, cli.dry_run, cli.send_deferred) {
-            (true, _, _) => Mode::Check,
-            (_, true, _) => Mode::DryRun,
-            (_, _, true) => Mode::SendDeferred,
+        let mode = match () {
+            _ if cli.check => Mode::Check,
+            _ if cli.dry_run => Mode::DryRun,
+            _ if cli.send_deferred => Mode::SendDeferred,
+            _ if cli.hold => Mode::Hold,
+            _ if cli.release => Mode::Release,
             _ => Mode::Deliver,
         };
         let mut tokens = Vec::new();
@@ -73,7 +79,9 @@ impl Config {
             tokens.extend(token::read_file(path)?);
         }
         let tokens = token::dedup(tokens);
-        if tokens.is_empty() && !cli.remember && mode != Mode::SendDeferred {
+        // The sender reads its token on a pipe; a release finds its tokens in the held record.
+        let needs_token = !matches!(mode, Mode::SendDeferred | Mode::Release);
+        if tokens.is_empty() && !cli.remember && needs_token {
             return Err(Error::NoToken);
         }
         let url = Url::parse(&cli.url)?;

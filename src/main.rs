@@ -7,6 +7,7 @@ mod config;
 mod deferral;
 mod error;
 mod exit;
+mod hold;
 mod message;
 mod privileges;
 mod relay;
@@ -49,7 +50,7 @@ fn main() -> ExitCode {
     };
     let check = cli.check;
     // A pipe writer must see its message consumed even when the configuration is wrong.
-    let header = match cli.check || cli.send_deferred {
+    let header = match cli.check || cli.send_deferred || cli.release {
         true => Ok(None),
         false => message::read_stdin(),
     };
@@ -64,6 +65,10 @@ fn main() -> ExitCode {
     let result = match config.mode {
         Mode::Check => Ok(check::run(&config)),
         Mode::SendDeferred => deferral::send(&config).map(|()| Outcome::Done),
+        Mode::Release => hold::release(&config, &out),
+        Mode::Hold => header
+            .map_err(Error::Input)
+            .and_then(|header| hold::hold(&config, header.as_deref(), &out)),
         Mode::Deliver | Mode::DryRun => header
             .map_err(Error::Input)
             .and_then(|header| run::deliver(&config, header.as_deref(), &out)),

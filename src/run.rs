@@ -118,32 +118,66 @@ pub fn secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
+/// How a wakeup that may go now goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Posted by this run, within its --timeout.
+    Post,
+    /// Handed to the token's sender, so that this run returns at once.
+    HandOff,
+}
+
 /// Reads the decision off the message, then handles every token.
 pub fn deliver(config: &Config, header: Option<&[u8]>, out: &Output) -> Result<Outcome> {
     let started = Instant::now();
+    if !wanted(config, header, out) {
+        return Ok(Outcome::Done);
+    }
+    let cache = Cache::open(&config.cache_dir, config.mode != Mode::DryRun)?;
+    let deadline = started + config.timeout;
+    let tokens = tokens(&cache, config, deadline)?;
+    wake(&cache, config, &tokens, Wake::Post, out, deadline)
+}
+
+/// Whether the message asks for a wakeup; a skip is said with -v. No message (`--check`,
+/// the sender, a release) asks for one.
+pub fn wanted(config: &Config, header: Option<&[u8]>, out: &Output) -> bool {
     if let Some(header) = header
         && let Some(skip) = config.rules.skip(&message::summarize(header), unix_now())
     {
         out.info(format_args!("skipped: {skip}"));
-        return Ok(Outcome::Done);
+        return false;
     }
-    let dry = config.mode == Mode::DryRun;
-    let cache = Cache::open(&config.cache_dir, !dry)?;
-    let deadline = started + config.timeout;
-    let tokens = if config.remember {
-        remember(&cache, config, deadline, dry)?
-    } else {
-        config.tokens.clone()
+    true
+}
+
+/// The tokens a wakeup goes to: those given, and with --remember every remembered one.
+pub fn tokens(cache: &Cache, config: &Config, deadline: Instant) -> Result<Vec<Token>> {
+    let tokens = match config.remember {
+        true => remember(cache, config, deadline, config.mode == Mode::DryRun)?,
+        false => config.tokens.clone(),
     };
-    if tokens.is_empty() {
-        return Err(Error::NoToken);
+    match tokens.is_empty() {
+        true => Err(Error::NoToken),
+        false => Ok(tokens),
     }
+}
+
+/// Wakes each token (or says what it would do, in a dry run).
+pub fn wake(
+    cache: &Cache,
+    config: &Config,
+    tokens: &[Token],
+    how: Wake,
+    out: &Output,
+    deadline: Instant,
+) -> Result<Outcome> {
     let mut relay = Relay::new(&config.url, deadline);
     let mut outcome = Outcome::Done;
-    for token in &tokens {
-        let notified = match dry {
-            true => dry_run(&cache, token, config, out),
-            false => notify(&cache, &mut relay, token, config, out, deadline)?,
+    for token in tokens {
+        let notified = match config.mode {
+            Mode::DryRun => dry_run(cache, token, config, out),
+            _ => notify(cache, &mut relay, token, config, how, out, deadline)?,
         };
         if !notified {
             outcome = Outcome::NotNotified;
@@ -158,6 +192,7 @@ fn notify(
     relay: &mut Relay,
     token: &Token,
     config: &Config,
+    how: Wake,
     out: &Output,
     deadline: Instant,
 ) -> Result<bool> {
@@ -179,6 +214,9 @@ fn notify(
             Ok(true)
         }
         Decision::Wait(until) => defer(cache, &mut locked, token, config, out, now, until),
+        Decision::Post if how == Wake::HandOff => {
+            defer(cache, &mut locked, token, config, out, now, now)
+        }
         Decision::Post => {
             let answer = relay.notify(token);
             let now = SystemTime::now();
@@ -212,7 +250,8 @@ fn defer(
     until: SystemTime,
 ) -> Result<bool> {
     let left = until.duration_since(now).unwrap_or_default();
-    if config.interval.is_zero() {
+    // Without an interval only a pause defers, and a pause is a failure to say.
+    if config.interval.is_zero() && !left.is_zero() {
         locked.save()?;
         out.report(format_args!(
             "token {token}: not notified: the relay asked for a pause of {} s more; \
@@ -232,7 +271,10 @@ fn defer(
         ));
         return Ok(false);
     }
-    out.info(format_args!("token {token}: deferred by {} s", secs(left)));
+    match left.is_zero() {
+        true => out.info(format_args!("token {token}: handed to its sender")),
+        false => out.info(format_args!("token {token}: deferred by {} s", secs(left))),
+    }
     Ok(true)
 }
 
