@@ -4,20 +4,22 @@
 //! stand-in relay sees what deltapush-mda, run by the Sieve script, posts. Only paths and the
 //! relay URL are changed in the files.
 //!
-//! Each scenario has a Dovecot of its own (0.3 s to start), so its log holds its own lines only.
+//! Each scenario has a Dovecot of its own (0.3 s to start), so its log holds its own lines only,
+//! and runs twice: on the host's Dovecot 2.3 with `examples/dovecot/2.3/`, and on Debian 13's
+//! 2.4 with `examples/dovecot/2.4/` (`v23::` and `v24::`; the Debian 13 root is `.ci/setup`'s).
 
 mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use common::dovecot::MailServer;
+use common::dovecot::{MailServer, Version};
 use common::examples::render;
 use common::lmtp::{Delivery, Imap, Lmtp};
 use common::mailhome::install_binary;
-use common::realmail::{MailUser, Ran, require, wait_for};
+use common::realmail::{MailUser, Ran, wait_for};
 use common::{Relay, Reply, backdate, bounce, kill_senders, sha256_hex};
 
 /// The shipped relay, as the Sieve script names it.
@@ -84,11 +86,8 @@ impl Drop for Site {
 }
 
 impl Site {
-    fn new(users: &[&str], relay: Relay) -> Site {
-        let dir = tempfile::Builder::new()
-            .prefix("deltapush-dovecot-")
-            .tempdir()
-            .unwrap();
+    fn new(v: Version, users: &[&str], relay: Relay) -> Site {
+        let dir = v.tempdir("deltapush-dovecot-");
         // The mail user runs the program and reads the script from here.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let d = |name: &str| {
@@ -111,7 +110,7 @@ impl Site {
         )
         .unwrap();
         let conf = render(
-            "dovecot/2.3/90-deltapush.conf",
+            &format!("{}/90-deltapush.conf", v.examples()),
             &[
                 // The install steps in the comment and the setting.
                 (SCRIPT, 3, script.to_str().unwrap()),
@@ -119,13 +118,14 @@ impl Site {
             ],
         );
         let server = MailServer::start(
+            v,
             &d("dovecot"),
             MailUser::get(),
             users,
             &[("90-deltapush.conf", conf)],
         );
         // The README's compile step; without it Dovecot logs an error for every delivery.
-        let ran = server.tool(&require("sievec"), &[script.to_str().unwrap()], None);
+        let ran = server.tool("sievec", &[script.to_str().unwrap()], None);
         assert_eq!((ran.code(), ran.stderr.as_str()), (Some(0), ""), "{ran:?}");
         Site {
             relay,
@@ -173,11 +173,7 @@ impl Site {
     }
 
     fn tool(&self, program: &str, args: &[&str], input: Option<&[u8]>) -> Ran {
-        let path = match program {
-            "dovecot-lda" => PathBuf::from("/usr/lib/dovecot/dovecot-lda"),
-            _ => require(program),
-        };
-        self.server.tool(&path, args, input)
+        self.server.tool(program, args, input)
     }
 
     /// Delivers one message to `user` through LMTP; the reply must be 250.
@@ -246,10 +242,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-#[test]
-fn each_delivery_wakes_the_phone_that_registered_over_imap() {
+fn each_delivery_wakes_the_phone_that_registered_over_imap(v: Version) {
     let users = ["u1", "u2", "u3", "u4", "u5", "quoted"];
-    let site = Site::new(&users, Relay::start());
+    let site = Site::new(v, &users, Relay::start());
     // Five phones, five mailboxes: each delivery is the first for its token, so the shipped
     // script runs unchanged and no rate limit is in play.
     let tokens: Vec<String> = (1..=5).map(|n| phone_token(n, 908)).collect();
@@ -298,9 +293,8 @@ fn each_delivery_wakes_the_phone_that_registered_over_imap() {
     site.assert_quiet_log();
 }
 
-#[test]
-fn automatic_mail_and_users_without_a_token_run_nothing() {
-    let site = Site::new(&["ann", "ben", "cid"], Relay::start());
+fn automatic_mail_and_users_without_a_token_run_nothing(v: Version) {
+    let site = Site::new(v, &["ann", "ben", "cid"], Relay::start());
     let ann = phone_token(11, 908);
     site.register("ann", &setmetadata_literal(&ann));
 
@@ -336,10 +330,9 @@ fn automatic_mail_and_users_without_a_token_run_nothing() {
     site.assert_quiet_log();
 }
 
-#[test]
-fn nothing_about_the_token_stops_the_users_own_script() {
+fn nothing_about_the_token_stops_the_users_own_script(v: Version) {
     let users = ["dan", "eve", "fin", "gil"];
-    let site = Site::new(&users, Relay::start());
+    let site = Site::new(v, &users, Relay::start());
     let dan = phone_token(21, 908);
     // Over Dovecot's 1024-byte limit for a program argument.
     let eve = phone_token(22, 1100);
@@ -389,9 +382,8 @@ fn nothing_about_the_token_stops_the_users_own_script() {
     assert!(chats.iter().all(|m| m.flags() == "F"), "{chats:?}");
 }
 
-#[test]
-fn a_second_device_is_woken_too() {
-    let site = Site::new(&["fay"], Relay::start());
+fn a_second_device_is_woken_too(v: Version) {
+    let site = Site::new(v, &["fay"], Relay::start());
     let a = phone_token(31, 908);
     let b = phone_token(32, 920);
     site.register("fay", &setmetadata_literal(&a));
@@ -414,9 +406,8 @@ fn a_second_device_is_woken_too() {
     site.assert_quiet_log();
 }
 
-#[test]
-fn a_message_inside_the_interval_is_not_held_for_its_wakeup() {
-    let site = Site::new(&["hal"], Relay::start());
+fn a_message_inside_the_interval_is_not_held_for_its_wakeup(v: Version) {
+    let site = Site::new(v, &["hal"], Relay::start());
     let token = phone_token(51, 908);
     site.register("hal", &setmetadata_literal(&token));
     site.deliver("hal", &plain(1));
@@ -442,9 +433,8 @@ fn a_message_inside_the_interval_is_not_held_for_its_wakeup() {
     site.assert_quiet_log();
 }
 
-#[test]
-fn a_hung_relay_holds_delivery_for_less_than_8_s() {
-    let site = Site::new(&["gus"], Relay::scripted(Reply::Hang, []));
+fn a_hung_relay_holds_delivery_for_less_than_8_s(v: Version) {
+    let site = Site::new(v, &["gus"], Relay::scripted(Reply::Hang, []));
     let token = phone_token(41, 908);
     site.register("gus", &setmetadata_literal(&token));
     let d = site.deliver("gus", &plain(1));
@@ -464,16 +454,19 @@ fn a_hung_relay_holds_delivery_for_less_than_8_s() {
     assert!(!site.server.log().contains(&token[8..40]));
 }
 
-#[test]
-fn debian_conf_d_takes_the_fragment_as_shipped() {
+fn debian_conf_d_takes_the_fragment_as_shipped(v: Version) {
     // A copy of the stock /etc/dovecot of the installed package, with the file added as the
     // README says: the files that sort after it (90-sieve.conf, ...) must leave it in force.
-    let etc = Path::new("/etc/dovecot");
+    let etc = match v {
+        Version::V23 => PathBuf::from("/etc/dovecot"),
+        Version::V24 => common::dovecot::trixie_root().join("etc/dovecot"),
+    };
     assert!(
         etc.join("conf.d").is_dir(),
-        "no /etc/dovecot/conf.d: run `sudo .ci/setup`"
+        "no {}/conf.d: run `sudo .ci/setup`",
+        etc.display()
     );
-    let dir = tempfile::tempdir().unwrap();
+    let dir = v.tempdir("deltapush-conf-d-");
     let conf_d = dir.path().join("conf.d");
     fs::create_dir(&conf_d).unwrap();
     fs::copy(etc.join("dovecot.conf"), dir.path().join("dovecot.conf")).unwrap();
@@ -483,25 +476,77 @@ fn debian_conf_d_takes_the_fragment_as_shipped() {
     }
     fs::write(
         conf_d.join("90-deltapush.conf"),
-        render("dovecot/2.3/90-deltapush.conf", &[]),
+        render(&format!("{}/90-deltapush.conf", v.examples()), &[]),
     )
     .unwrap();
 
-    let doveconf = require("doveconf");
-    let setting = |filter: Option<&str>, name: &str| {
-        let mut cmd = std::process::Command::new(&doveconf);
-        cmd.arg("-c").arg(dir.path().join("dovecot.conf")).arg("-h");
+    // doveconf's answer for `name` (seen through `filter`, if any); `-h`: the value alone.
+    let doveconf = |filter: Option<&str>, args: &[&str]| {
+        let mut cmd = v.command(&v.program("doveconf"));
+        cmd.arg("-c").arg(dir.path().join("dovecot.conf"));
         if let Some(f) = filter {
             cmd.args(["-f", f]);
         }
-        let out = cmd.arg(name).output().unwrap();
+        let out = cmd.args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             out.status.success() && stderr.is_empty(),
-            "{name}: {stderr}"
+            "{args:?}: {stderr}"
         );
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
+    if v == Version::V24 {
+        // 2.4 shows a setting as it is written; the lists hold what this file adds and no more
+        // (the stock files set none of them).
+        let want = [
+            (None, "imap_metadata", "imap_metadata = yes"),
+            (
+                None,
+                "mail_attribute",
+                "mail_attribute {\n  dict file {\n    path = %{home}/dovecot-attributes\n  }\n}",
+            ),
+            (
+                Some("protocol=imap"),
+                "imap_capability",
+                "imap_capability {\n  XDELTAPUSH = yes\n}",
+            ),
+            (
+                Some("protocol=lmtp"),
+                "mail_plugins",
+                "mail_plugins {\n  sieve = yes\n}",
+            ),
+            (
+                Some("protocol=lda"),
+                "mail_plugins",
+                "mail_plugins {\n  sieve = yes\n}",
+            ),
+            (
+                None,
+                "sieve_plugins",
+                "sieve_plugins {\n  sieve_extprograms = yes\n}",
+            ),
+            (
+                None,
+                "sieve_global_extensions",
+                "sieve_global_extensions {\n  vnd.dovecot.execute = yes\n  mboxmetadata = yes\n}",
+            ),
+            (
+                Some("protocol=lmtp"),
+                "sieve_script",
+                &format!("sieve_script deltapush {{\n  path = {SCRIPT}\n  type = before\n}}"),
+            ),
+            (
+                None,
+                "sieve_execute_bin_dir",
+                &format!("sieve_execute_bin_dir = {EXEC_DIR}"),
+            ),
+        ];
+        for (filter, name, value) in want {
+            assert_eq!(doveconf(filter, &[name]), value, "{name} ({filter:?})");
+        }
+        return;
+    }
+    let setting = |filter: Option<&str>, name: &str| doveconf(filter, &["-h", name]);
     let words = |s: String| -> Vec<String> { s.split_whitespace().map(str::to_string).collect() };
     for protocol in ["protocol=lmtp", "protocol=lda"] {
         assert!(
@@ -530,3 +575,31 @@ fn debian_conf_d_takes_the_fragment_as_shipped() {
         assert_eq!(setting(None, name), value, "{name}");
     }
 }
+
+/// Each case, on the host's Dovecot 2.3 and on Debian 13's 2.4: `v23::name` and `v24::name`.
+macro_rules! on_both_versions {
+    ($($name:ident),* $(,)?) => {
+        mod v23 {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Version::V23)
+            })*
+        }
+        mod v24 {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Version::V24)
+            })*
+        }
+    };
+}
+
+on_both_versions!(
+    each_delivery_wakes_the_phone_that_registered_over_imap,
+    automatic_mail_and_users_without_a_token_run_nothing,
+    nothing_about_the_token_stops_the_users_own_script,
+    a_second_device_is_woken_too,
+    a_message_inside_the_interval_is_not_held_for_its_wakeup,
+    a_hung_relay_holds_delivery_for_less_than_8_s,
+    debian_conf_d_takes_the_fragment_as_shipped,
+);
