@@ -385,15 +385,18 @@ impl MailServer {
         let mut cmd = version.command(&version.program("dovecot"));
         cmd.arg("-F").arg("-c").arg(d("dovecot.conf"));
         let daemon = run_dovecot_as(cmd, dir, &config, &[imap_port, lmtp_port]);
-        // The version asked for, and no other: its first line says which it is.
-        let log = fs::read_to_string(d("dovecot.log")).unwrap_or_default();
+        // The version asked for, and no other: its first line says which it is (written by its
+        // log process, maybe after the ports are open).
         let want = match version {
             Version::V23 => "Info: Dovecot v2.3.",
             Version::V24 => "Info: Dovecot v2.4.",
         };
+        let log = || fs::read_to_string(d("dovecot.log")).unwrap_or_default();
+        poll(Duration::from_secs(10), || log().contains('\n'));
         assert!(
-            log.lines().next().is_some_and(|l| l.contains(want)),
-            "not {want}: {log}"
+            log().lines().next().is_some_and(|l| l.contains(want)),
+            "not {want}: {}",
+            log()
         );
         MailServer {
             imap_port,
