@@ -126,20 +126,36 @@ pub struct Cli {
     #[arg(short, long)]
     pub quiet: bool,
 
-    /// For Dovecot's Sieve, which runs before the message is stored: decide, and keep the
-    /// wakeup for the delivering process until its commit hook runs --release
+    /// For Dovecot's Sieve, which runs before the message is stored: decide, and hold the
+    /// wakeup until Dovecot's commit hook (deltapush.lua) says the message is stored
     #[arg(long, conflicts_with_all = ["check", "dry_run"])]
     pub hold: bool,
 
-    /// For Dovecot's commit hook, once the message is stored: hand what the --hold run of the
-    /// same delivering process kept to each token's sender, and return at once
-    #[arg(long, conflicts_with_all = ["check", "dry_run", "remember", "hold", "tokens", "token_file"])]
-    pub release: bool,
+    /// The waiter that a --hold run starts: it waits for the delivering process to store the
+    /// message, then wakes what was held. Not for people.
+    #[arg(long, hide = true, value_name = "PID.NONCE", value_parser = parse_waiting,
+          conflicts_with_all = ["check", "dry_run", "remember", "hold"])]
+    pub wait_stored: Option<Waiting>,
 
     /// The deferred sender that a run starts: it reads one token on standard input, waits for
     /// the token's interval to end and posts it. Not for people.
-    #[arg(long, hide = true, conflicts_with_all = ["check", "dry_run", "remember", "hold", "release"])]
+    #[arg(long, hide = true, conflicts_with_all = ["check", "dry_run", "remember", "hold"])]
     pub send_deferred: bool,
+}
+
+/// A held wakeup: the delivering process, and the nonce of its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiting {
+    pub delivery: u32,
+    pub nonce: u64,
+}
+
+fn parse_waiting(s: &str) -> Result<Waiting, String> {
+    let (pid, nonce) = s.split_once('.').ok_or("PID.NONCE")?;
+    Ok(Waiting {
+        delivery: pid.parse().map_err(|_| "PID.NONCE")?,
+        nonce: u64::from_str_radix(nonce, 16).map_err(|_| "PID.NONCE")?,
+    })
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::Cli;
+use crate::cli::{Cli, Waiting};
 use crate::error::{Error, Result};
 use crate::message::Rules;
 use crate::relay::Url;
@@ -15,10 +15,10 @@ pub enum Mode {
     Deliver,
     DryRun,
     Check,
-    /// Decide, and keep the wakeup until the delivering process has stored the message.
+    /// Decide, and hold the wakeup until the delivering process has stored the message.
     Hold,
-    /// Wake what the delivering process held, now that it has stored the message.
-    Release,
+    /// Wait for the delivering process to store the message, then wake what was held.
+    WaitStored(Waiting),
     SendDeferred,
 }
 
@@ -63,13 +63,13 @@ pub fn verbosity(quiet: bool, verbose: bool) -> Verbosity {
 
 impl Config {
     pub fn resolve(cli: Cli) -> Result<Config> {
-        let mode = match () {
+        let mode = match cli.wait_stored {
             _ if cli.check => Mode::Check,
             _ if cli.dry_run => Mode::DryRun,
             _ if cli.send_deferred => Mode::SendDeferred,
             _ if cli.hold => Mode::Hold,
-            _ if cli.release => Mode::Release,
-            _ => Mode::Deliver,
+            Some(waiting) => Mode::WaitStored(waiting),
+            None => Mode::Deliver,
         };
         let mut tokens = Vec::new();
         for arg in &cli.tokens {
@@ -79,8 +79,8 @@ impl Config {
             tokens.extend(token::read_file(path)?);
         }
         let tokens = token::dedup(tokens);
-        // The sender reads its token on a pipe; a release finds its tokens in the held record.
-        let needs_token = !matches!(mode, Mode::SendDeferred | Mode::Release);
+        // The sender reads its token on a pipe; the waiter finds its tokens in the held record.
+        let needs_token = !matches!(mode, Mode::SendDeferred | Mode::WaitStored(_));
         if tokens.is_empty() && !cli.remember && needs_token {
             return Err(Error::NoToken);
         }

@@ -5,6 +5,7 @@ mod check;
 mod cli;
 mod config;
 mod deferral;
+mod detach;
 mod error;
 mod exit;
 mod hold;
@@ -50,7 +51,7 @@ fn main() -> ExitCode {
     };
     let check = cli.check;
     // A pipe writer must see its message consumed even when the configuration is wrong.
-    let header = match cli.check || cli.send_deferred || cli.release {
+    let header = match cli.check || cli.send_deferred || cli.wait_stored.is_some() {
         true => Ok(None),
         false => message::read_stdin(),
     };
@@ -65,7 +66,7 @@ fn main() -> ExitCode {
     let result = match config.mode {
         Mode::Check => Ok(check::run(&config)),
         Mode::SendDeferred => deferral::send(&config).map(|()| Outcome::Done),
-        Mode::Release => hold::release(&config, &out),
+        Mode::WaitStored(waiting) => hold::wait_stored(&config, waiting, &out),
         Mode::Hold => header
             .map_err(Error::Input)
             .and_then(|header| hold::hold(&config, header.as_deref(), &out)),

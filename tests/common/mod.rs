@@ -299,8 +299,9 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// The process `pid`, if it is a living deferred sender.
-    fn read(pid: i32) -> Option<Sender> {
+    /// The process `pid`, if it is a living deferred sender (or, with `flag`
+    /// `--wait-stored`, a waiter for a stored message).
+    fn read(pid: i32, flag: &str) -> Option<Sender> {
         // The command line first: most processes are not senders, and one read tells.
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let args: Vec<String> = cmdline
@@ -308,7 +309,7 @@ impl Sender {
             .filter(|a| !a.is_empty())
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        if !args.iter().any(|a| a == "--send-deferred") {
+        if !args.iter().any(|a| a == flag) {
             return None;
         }
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -329,7 +330,8 @@ impl Sender {
 
     /// Whether it still runs (and its pid was not taken by another process).
     pub fn alive(&self) -> bool {
-        Sender::read(self.pid).is_some_and(|p| p.args == self.args)
+        let flag = &self.args[1];
+        Sender::read(self.pid, flag).is_some_and(|p| p.args == self.args)
     }
 
     /// Its open descriptors: number and what they point to.
@@ -360,21 +362,30 @@ impl Sender {
 
 /// The living deferred senders whose cache dir is `dir` or below it.
 pub fn senders(dir: &Path) -> Vec<Sender> {
+    background(dir, "--send-deferred")
+}
+
+/// The living waiters for a stored message (of `--hold`) whose cache dir is `dir` or below it.
+pub fn waiters(dir: &Path) -> Vec<Sender> {
+    background(dir, "--wait-stored")
+}
+
+fn background(dir: &Path, flag: &str) -> Vec<Sender> {
     let Ok(procs) = fs::read_dir("/proc") else {
         return Vec::new();
     };
     procs
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter_map(Sender::read)
+        .filter_map(|pid| Sender::read(pid, flag))
         .filter(|p| p.cache_dir().is_some_and(|c| c.starts_with(dir)))
         .collect()
 }
 
-/// Kills every deferred sender whose cache dir is `dir` or below it: a test that failed leaves
-/// no process behind.
+/// Kills every deferred sender and waiter whose cache dir is `dir` or below it: a test that
+/// failed leaves no process behind.
 pub fn kill_senders(dir: &Path) {
-    for p in senders(dir) {
+    for p in senders(dir).into_iter().chain(waiters(dir)) {
         // SAFETY: a plain syscall; the pid was a sender of the test's own cache dir.
         unsafe { libc::kill(p.pid, libc::SIGKILL) };
     }
