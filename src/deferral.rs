@@ -19,8 +19,8 @@ use crate::config::Config;
 use crate::detach;
 use crate::error::{Error, Result};
 use crate::relay::{Answer, Relay};
-use crate::run::{Decision, apply, decide};
 use crate::token::{MAX_LEN, Token};
+use crate::wakeup::{Decision, apply, decide};
 
 /// A little past the interval's end, so a clock tick short of it does not send the sender back
 /// to sleep for a millisecond.

@@ -14,6 +14,7 @@ mod privileges;
 mod relay;
 mod run;
 mod token;
+mod wakeup;
 
 use std::process::ExitCode;
 
