@@ -69,6 +69,9 @@ pub fn hold(config: &Config, header: Option<&[u8]>, out: &Output) -> Result<Outc
         timeout: config.timeout,
         tokens: run::tokens(&cache, config, started + config.timeout)?,
     };
+    // The waiter's senders leave their failures in the token state; this run's stderr is the
+    // one that reaches Dovecot's log.
+    run::report_failures(&cache, &held.tokens, out, started + config.timeout)?;
     sweep(cache.dir());
     cache::replace(&path, &held.render())?;
     let waiting = format!("{delivery}.{:016x}", held.nonce);

@@ -138,10 +138,10 @@ fn notify(
         return Ok(false);
     };
     let now = SystemTime::now();
-    // A deferred sender cannot report through an exit status: it left its line here.
-    if let Some((at, why)) = locked.state.failed.take() {
-        out.report(format_args!("{}", deferred_failure_line(token, at, &why)));
-        locked.save()?;
+    // A hand-off happens where no one reads the lines: the failure waits for a run that has
+    // someone to tell.
+    if how == Wake::Post {
+        report_failure(&mut locked, token, out)?;
     }
     match decide(&locked.state, now, config.interval) {
         Decision::Gone(since) => {
@@ -172,6 +172,31 @@ fn notify(
             Ok(matches!(answer, Answer::Delivered(_) | Answer::Gone))
         }
     }
+}
+
+/// Says, once, that the token's last deferred wakeup failed: a deferred sender cannot report
+/// through an exit status, so it left its line in the token state.
+fn report_failure(locked: &mut Locked, token: &Token, out: &Output) -> Result<()> {
+    if let Some((at, why)) = locked.state.failed.take() {
+        out.report(format_args!("{}", deferred_failure_line(token, at, &why)));
+        locked.save()?;
+    }
+    Ok(())
+}
+
+/// [`report_failure`] for each token, for a run whose wakeup goes elsewhere (a `--hold`).
+pub fn report_failures(
+    cache: &Cache,
+    tokens: &[Token],
+    out: &Output,
+    deadline: Instant,
+) -> Result<()> {
+    for token in tokens {
+        if let Some(mut locked) = cache.lock(token, deadline)? {
+            report_failure(&mut locked, token, out)?;
+        }
+    }
+    Ok(())
 }
 
 /// Leaves the message's wakeup to the token's deferred sender, starting one if none waits.

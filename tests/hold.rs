@@ -223,3 +223,37 @@ fn a_waiter_started_by_hand_with_nothing_held_ends_at_once() {
     assert_eq!(run.said(), (0, ""));
     assert!(relay.requests().is_empty());
 }
+
+#[test]
+fn a_wakeup_that_failed_is_told_by_the_next_hold_whose_lines_reach_the_log() {
+    let sandbox = Sandbox::new();
+    let relay = Relay::always(Reply::Status(500));
+    let tok = token(9);
+    let args = ["--timeout", "1s", "--", &tok];
+    assert_eq!(hold(&sandbox, &relay, chat(), &args).0, 0);
+    commit(&sandbox, 13);
+    let state = sandbox.state(&tok);
+    assert!(
+        poll(PATIENCE, || {
+            senders(sandbox.home.path()).is_empty()
+                && fs::read_to_string(&state).is_ok_and(|s| s.contains("\nfailed "))
+        })
+        .is_some(),
+        "no failure left in the token state"
+    );
+    let (code, stderr) = hold(&sandbox, &relay, chat(), &args);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    let failed = token_line(&tok, "the deferred wakeup of ");
+    assert!(lines[0].starts_with(failed.trim_end()), "{stderr}");
+    assert!(
+        lines[0].ends_with(" was not sent: the relay answered HTTP 500"),
+        "{stderr}"
+    );
+    assert_eq!(
+        format!("{}\n", lines[1]),
+        token_line(&tok, "held until the message is stored")
+    );
+    kill_senders(sandbox.home.path());
+}
