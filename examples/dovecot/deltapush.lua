@@ -8,9 +8,9 @@
 -- 1. The sign of push. Delta Chat from core 2.61 on stores its token only on a server whose
 --    server metadata has /shared/vendor/deltachat/maxsmtprecipients (older apps look for
 --    XDELTAPUSH, which the .conf announces). Dovecot keeps server metadata per user, so no
---    setting can give it to all: this sets it at the end of each IMAP session of a user who
---    has none yet, users added later included, so the app finds it from its next login on.
---    Cost: one metadata lookup per IMAP session.
+--    setting can give it to all: this sets it for a user who has none yet, users added later
+--    included, at the end of each IMAP session and at each delivery, so the app finds it from
+--    its next login on. Cost: one metadata lookup per IMAP session and per delivery.
 -- 2. The wakeup after the message is stored. deltapush.sieve runs `deltapush-mda --hold`
 --    before Dovecot stores the message: it decides, holds the wakeup in the user's cache dir
 --    and leaves a waiter in the background. Once the delivery is committed, Dovecot calls
@@ -43,12 +43,8 @@ function mail_user_created(user)
   return 0, ""
 end
 
-function mail_user_deinit_pre(user)
-  -- Only an IMAP session surely has its mailboxes here: the user an LMTP connection ends with
-  -- may have none, and Dovecot 2.4 asserts on that.
-  if user.service ~= "imap" then
-    return 0, ""
-  end
+-- The sign of push, for a user whose mailboxes are open.
+local function offer_sign(user)
   local ok, err = pcall(function()
     if user:metadata_get(ENTRY) == nil then
       user:metadata_set(ENTRY, RECIPIENTS)
@@ -56,6 +52,14 @@ function mail_user_deinit_pre(user)
   end)
   if not ok then
     dovecot.i_error("deltapush.lua: " .. ENTRY .. ": " .. tostring(err))
+  end
+end
+
+function mail_user_deinit_pre(user)
+  -- Only an IMAP session surely has its mailboxes here: the user an LMTP connection ends with
+  -- may have none, and Dovecot 2.4 asserts on that. Deliveries offer it below.
+  if user.service == "imap" then
+    offer_sign(user)
   end
   return 0, ""
 end
@@ -75,6 +79,7 @@ function dovecot_lua_notify_end_txn(ctx, success)
   if not (success and ctx.uid and pid) then
     return
   end
+  offer_sign(ctx.user)
   local dir = ctx.user.home .. CACHE
   local held = string.format("%sheld.%d", dir, pid)
   -- Fails for a user who has nothing held; a second copy of the message (filed into a
