@@ -620,6 +620,9 @@ pub struct Request {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// What the relay's observer ([`Relay::observe`]) said the moment the request arrived,
+    /// before it was answered.
+    pub observed: Option<String>,
 }
 
 impl Request {
@@ -631,10 +634,14 @@ impl Request {
     }
 }
 
+/// A look at the world the moment a request arrives (what a phone woken by it would find).
+type Observer = Arc<dyn Fn(&Request) -> String + Send + Sync>;
+
 struct State {
     script: VecDeque<Reply>,
     default: Reply,
     requests: Vec<Request>,
+    observer: Option<Observer>,
 }
 
 /// A relay on 127.0.0.1:0 that records every request and answers from a script, then with the
@@ -664,6 +671,7 @@ impl Relay {
             script: script.into_iter().collect(),
             default,
             requests: Vec::new(),
+            observer: None,
         }));
         let shared = Arc::clone(&state);
         thread::spawn(move || {
@@ -732,6 +740,12 @@ impl Relay {
     pub fn set_default(&self, reply: Reply) {
         self.state.lock().unwrap().default = reply;
     }
+
+    /// Runs `look` for each request as it arrives, before it is answered, and keeps its answer
+    /// in the request's `observed`.
+    pub fn observe(&self, look: impl Fn(&Request) -> String + Send + Sync + 'static) {
+        self.state.lock().unwrap().observer = Some(Arc::new(look));
+    }
 }
 
 fn serve(stream: TcpStream, state: &Mutex<State>) {
@@ -742,7 +756,7 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
     let mut out = stream;
     // Keep-alive: one connection may carry several requests.
     loop {
-        let request = if tls {
+        let mut request = if tls {
             let mut hello = [0u8; 4096];
             let _ = reader.read(&mut hello);
             Request {
@@ -751,6 +765,7 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
                 path: String::new(),
                 headers: Vec::new(),
                 body: Vec::new(),
+                observed: None,
             }
         } else {
             match read_request(&mut reader) {
@@ -758,6 +773,11 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
                 None => return,
             }
         };
+        // Outside the lock: a look may take a while, and the test may ask for requests meanwhile.
+        let observer = state.lock().unwrap().observer.clone();
+        if let Some(look) = observer {
+            request.observed = Some(look(&request));
+        }
         let reply = {
             let mut s = state.lock().unwrap();
             s.requests.push(request);
@@ -858,6 +878,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
         path,
         headers,
         body,
+        observed: None,
     })
 }
 
