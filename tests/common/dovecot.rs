@@ -323,13 +323,7 @@ impl MailServer {
             let home = d("home").join(user);
             fs::create_dir_all(&home).unwrap();
             mail_user.own(&home);
-            passwd.push_str(&format!(
-                "{user}@{DOMAIN}:{{PLAIN}}{}:{}:{}::{}::\n",
-                Self::password_of(user),
-                mail_user.uid,
-                mail_user.gid,
-                home.display()
-            ));
+            passwd.push_str(&passwd_line(user, &mail_user, &home));
         }
         fs::write(d("passwd"), passwd).unwrap();
         let (imap_port, lmtp_port) = (free_port(), free_port());
@@ -408,6 +402,20 @@ impl MailServer {
         }
     }
 
+    /// Adds `user` while the server runs, as an admin does: a home, and a line appended to the
+    /// passwd-file, which Dovecot reads again once it has changed.
+    pub fn add_user(&self, user: &str) {
+        let home = self.home(user);
+        fs::create_dir_all(&home).unwrap();
+        self.mail_user.own(&home);
+        let line = passwd_line(user, &self.mail_user, &home);
+        let mut passwd = fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("passwd"))
+            .unwrap();
+        std::io::Write::write_all(&mut passwd, line.as_bytes()).unwrap();
+    }
+
     /// The user's address, as LMTP, IMAP and doveadm take it.
     pub fn address(user: &str) -> String {
         format!("{user}@{DOMAIN}")
@@ -463,6 +471,72 @@ impl MailServer {
         }
         stored(&maildir)
     }
+}
+
+/// A user's line of the passwd-file.
+fn passwd_line(user: &str, mail_user: &MailUser, home: &Path) -> String {
+    format!(
+        "{user}@{DOMAIN}:{{PLAIN}}{}:{}:{}::{}::\n",
+        MailServer::password_of(user),
+        mail_user.uid,
+        mail_user.gid,
+        home.display()
+    )
+}
+
+/// What a user's Maildir holds, every folder together, as a phone that fetched now would find
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mailbox {
+    /// Messages in a `new/` or `cur/`, and their bytes.
+    pub stored: usize,
+    pub bytes: u64,
+    /// Files in a `tmp/`: messages being written.
+    pub writing: usize,
+}
+
+impl std::fmt::Display for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "{} message(s) of {} bytes stored, {} being written",
+            self.stored, self.bytes, self.writing
+        )
+    }
+}
+
+/// The Maildir under `home`, as [`Mailbox`] counts it.
+pub fn mailbox(home: &Path) -> Mailbox {
+    let maildir = home.join("Maildir");
+    let mut folders = vec![maildir.clone()];
+    if let Ok(entries) = fs::read_dir(&maildir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with('.') && entry.path().is_dir() {
+                folders.push(entry.path());
+            }
+        }
+    }
+    let mut mailbox = Mailbox {
+        stored: 0,
+        bytes: 0,
+        writing: 0,
+    };
+    for folder in folders {
+        for sub in ["new", "cur", "tmp"] {
+            let Ok(entries) = fs::read_dir(folder.join(sub)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if sub == "tmp" {
+                    mailbox.writing += 1;
+                } else {
+                    mailbox.stored += 1;
+                    mailbox.bytes += entry.metadata().map_or(0, |m| m.len());
+                }
+            }
+        }
+    }
+    mailbox
 }
 
 impl Stored {
