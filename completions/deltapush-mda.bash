@@ -23,7 +23,7 @@ _deltapush__mda() {
 
     case "${cmd}" in
         deltapush__mda)
-            opts="-v -q -h -V --token-file --url --interval --timeout --cache-dir --remember --dry-run --tempfail --skip-from --only-chat --max-age --check --watch --password-file --password-command --auth --verbose --quiet --help --version"
+            opts="-v -q -h -V --token-file --url --interval --timeout --cache-dir --remember --dry-run --tempfail --skip-from --only-chat --max-age --check --watch --password-file --password-command --auth --verbose --quiet --hold --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -17,5 +17,6 @@ complete -c deltapush-mda -l only-chat -d 'Notify only for Delta Chat messages (
 complete -c deltapush-mda -l check -d 'Send nothing; check the tokens, the cache dir and the way to the relay (and with --watch the login and the mailbox), one line each, and exit 0 only if all is well'
 complete -c deltapush-mda -s v -l verbose -d 'Print one line per decision on standard error'
 complete -c deltapush-mda -s q -l quiet -d 'Print nothing, not even errors: the exit status says it all'
+complete -c deltapush-mda -l hold -d 'For Dovecot\'s Sieve, which runs before the message is stored: decide, and hold the wakeup until Dovecot\'s commit hook (deltapush.lua) says the message is stored'
 complete -c deltapush-mda -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c deltapush-mda -s V -l version -d 'Print version'

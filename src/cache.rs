@@ -72,6 +72,10 @@ impl Cache {
         })
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn path(&self, token: &Token, ext: &str) -> PathBuf {
         self.dir.join(format!("{}{ext}", token.hash()))
     }
@@ -181,32 +185,54 @@ impl Locked {
         if self.state == self.saved {
             return Ok(());
         }
-        let tmp = self.path.with_extension("new");
-        let err = |source| Error::Cache {
-            path: tmp.clone(),
-            source,
-        };
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(err)?;
-        file.write_all(self.state.render().as_bytes())
-            .map_err(err)?;
-        drop(file);
-        fs::rename(&tmp, &self.path).map_err(|source| {
-            let _ = fs::remove_file(&tmp);
-            Error::Cache {
-                path: self.path.clone(),
-                source,
-            }
-        })?;
+        replace(&self.path, &self.state.render())?;
         self.saved = self.state.clone();
         Ok(())
     }
+}
+
+/// Replaces a file of the cache dir whole: written to `<path>.new` (mode 0600, never through a
+/// link), then renamed over it, so no reader ever sees half of it.
+pub fn replace(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("new");
+    let err = |source| Error::Cache {
+        path: tmp.clone(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(err)?;
+    file.write_all(text.as_bytes()).map_err(err)?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(|source| {
+        let _ = fs::remove_file(&tmp);
+        Error::Cache {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// A regular file of the cache dir (never through a link, never a FIFO that would block) and
+/// when it was last written, if it is there and no longer than `max`.
+pub fn read_private(path: &Path, max: u64) -> Option<(String, SystemTime)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.len() > max {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(max).read_to_string(&mut text).ok()?;
+    Some((text, meta.modified().ok()?))
 }
 
 /// Opens (creating, mode 0600) a file in the cache dir, refusing to follow a link planted there.
@@ -224,30 +250,14 @@ fn open_private(path: &Path) -> io::Result<File> {
 /// A missing, unreadable or foreign file reads as no state: the worst that follows is one POST
 /// too many.
 fn read_state(path: &Path) -> State {
-    let Ok(file) = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-    else {
-        return State::default();
-    };
-    let Ok(meta) = file.metadata() else {
-        return State::default();
-    };
-    if !meta.is_file() {
-        return State::default();
-    }
-    let mut text = String::new();
-    if file.take(MAX_STATE_LEN).read_to_string(&mut text).is_err() {
-        return State::default();
-    }
-    if text.is_empty() {
-        return State {
-            notified: meta.modified().ok(),
+    match read_private(path, MAX_STATE_LEN) {
+        None => State::default(),
+        Some((text, modified)) if text.is_empty() => State {
+            notified: Some(modified),
             ..State::default()
-        };
+        },
+        Some((text, _)) => State::parse(&text),
     }
-    State::parse(&text)
 }
 
 /// What is known about one token.

@@ -13,8 +13,9 @@ use crate::config::Config;
 use crate::error::{Error, cache_dir_line};
 use crate::exit;
 use crate::relay::{self, Url};
-use crate::run::{Outcome, deferred_failure_line, gone_line};
+use crate::run::Outcome;
 use crate::token::Token;
+use crate::wakeup::{deferred_failure_line, gone_line};
 
 /// Prints one line per check on stdout and remembers the exit status of the first failure.
 struct Report {
@@ -178,7 +179,7 @@ fn rounded(d: Duration) -> humantime::FormattedDuration {
 }
 
 fn rounded_up(d: Duration) -> humantime::FormattedDuration {
-    humantime::format_duration(Duration::from_secs(crate::run::secs(d)))
+    humantime::format_duration(Duration::from_secs(crate::wakeup::secs(d)))
 }
 
 /// DNS, TCP, then TLS and HTTP with a GET: the relay answers 405 to GET, and any HTTP answer

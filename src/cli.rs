@@ -122,7 +122,7 @@ pub struct Cli {
     /// imaps://USER@HOST[:PORT][/MAILBOX] (TLS, port 993) or imap://… (STARTTLS, port 143).
     /// MAILBOX is INBOX unless given; %40 in USER stands for @. Reads no standard input
     #[arg(long, value_name = "URL", env = "DELTAPUSH_WATCH", value_hint = ValueHint::Url,
-          conflicts_with_all = ["dry_run", "tempfail"])]
+          conflicts_with_all = ["dry_run", "tempfail", "hold"])]
     pub watch: Option<String>,
 
     /// With --watch: the IMAP password is the first line of this file (only its owner may read it)
@@ -149,9 +149,20 @@ pub struct Cli {
     #[arg(short, long)]
     pub quiet: bool,
 
+    /// For Dovecot's Sieve, which runs before the message is stored: decide, and hold the
+    /// wakeup until Dovecot's commit hook (deltapush.lua) says the message is stored
+    #[arg(long, conflicts_with_all = ["check", "dry_run"])]
+    pub hold: bool,
+
+    /// The waiter that a --hold run starts: it waits for the delivering process to store the
+    /// message, then wakes what was held. Not for people.
+    #[arg(long, hide = true, value_name = "PID.NONCE", value_parser = parse_waiting,
+          conflicts_with_all = ["check", "dry_run", "remember", "hold"])]
+    pub wait_stored: Option<Waiting>,
+
     /// The deferred sender that a run starts: it reads one token on standard input, waits for
     /// the token's interval to end and posts it. Not for people.
-    #[arg(long, hide = true, conflicts_with_all = ["check", "dry_run", "remember"])]
+    #[arg(long, hide = true, conflicts_with_all = ["check", "dry_run", "remember", "hold"])]
     pub send_deferred: bool,
 }
 
@@ -162,6 +173,21 @@ pub enum Auth {
     Password,
     /// SASL XOAUTH2 with an OAuth 2 access token (Gmail, Outlook), from --password-command
     Xoauth2,
+}
+
+/// A held wakeup: the delivering process, and the nonce of its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiting {
+    pub delivery: u32,
+    pub nonce: u64,
+}
+
+fn parse_waiting(s: &str) -> Result<Waiting, String> {
+    let (pid, nonce) = s.split_once('.').ok_or("PID.NONCE")?;
+    Ok(Waiting {
+        delivery: pid.parse().map_err(|_| "PID.NONCE")?,
+        nonce: u64::from_str_radix(nonce, 16).map_err(|_| "PID.NONCE")?,
+    })
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

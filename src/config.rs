@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{Auth, Cli};
+use crate::cli::{Auth, Cli, Waiting};
 use crate::error::{Error, Result};
 use crate::message::Rules;
 use crate::relay::Url;
@@ -16,6 +16,10 @@ pub enum Mode {
     Deliver,
     DryRun,
     Check,
+    /// Decide, and hold the wakeup until the delivering process has stored the message.
+    Hold,
+    /// Wait for the delivering process to store the message, then wake what was held.
+    WaitStored(Waiting),
     SendDeferred,
     Watch,
 }
@@ -27,7 +31,7 @@ pub enum Verbosity {
     Verbose,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub mode: Mode,
     /// Given on the command line and in the token file, in order, each once. Empty only with
@@ -48,7 +52,7 @@ pub struct Config {
 }
 
 /// What `--watch` watches, and how it logs in.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Watch {
     pub url: WatchUrl,
     pub secret: Secret,
@@ -78,17 +82,14 @@ pub fn verbosity(quiet: bool, verbose: bool) -> Verbosity {
 
 impl Config {
     pub fn resolve(cli: Cli) -> Result<Config> {
-        let mode = match (
-            cli.check,
-            cli.dry_run,
-            cli.send_deferred,
-            cli.watch.is_some(),
-        ) {
-            (true, _, _, _) => Mode::Check,
-            (_, true, _, _) => Mode::DryRun,
-            (_, _, true, _) => Mode::SendDeferred,
-            (_, _, _, true) => Mode::Watch,
-            _ => Mode::Deliver,
+        let mode = match cli.wait_stored {
+            _ if cli.check => Mode::Check,
+            _ if cli.dry_run => Mode::DryRun,
+            _ if cli.send_deferred => Mode::SendDeferred,
+            _ if cli.hold => Mode::Hold,
+            Some(waiting) => Mode::WaitStored(waiting),
+            None if cli.watch.is_some() => Mode::Watch,
+            None => Mode::Deliver,
         };
         let watch = match &cli.watch {
             None => None,
@@ -114,7 +115,9 @@ impl Config {
             tokens.extend(token::read_file(path)?);
         }
         let tokens = token::dedup(tokens);
-        if tokens.is_empty() && !cli.remember && mode != Mode::SendDeferred {
+        // The sender reads its token on a pipe; the waiter finds its tokens in the held record.
+        let needs_token = !matches!(mode, Mode::SendDeferred | Mode::WaitStored(_));
+        if tokens.is_empty() && !cli.remember && needs_token {
             return Err(Error::NoToken);
         }
         let url = Url::parse(&cli.url)?;

@@ -7,6 +7,7 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::exit;
+use crate::privileges::Kept;
 use crate::token::{FileProblem, Name, Platform, location};
 
 #[derive(Debug)]
@@ -44,6 +45,8 @@ pub enum Error {
     Input(io::Error),
     /// The deferred sender got no usable token on its pipe.
     DeferredInput,
+    /// Started with a way back to another user, which could not be given up.
+    Privileges(Kept),
     WatchUrl {
         url: String,
         problem: WatchUrlProblem,
@@ -130,6 +133,7 @@ impl Error {
             Error::NoStartTls { .. } | Error::WatchBusy { .. } | Error::WatchSetup(_) => {
                 exit::UNAVAILABLE
             }
+            Error::Privileges(_) => exit::NOPERM,
         }
     }
 }
@@ -238,6 +242,12 @@ impl fmt::Display for Error {
                 "{url}: another deltapush-mda --watch watches this mailbox with this cache dir"
             ),
             Error::WatchSetup(why) => write!(f, "--watch: {why}"),
+            Error::Privileges(Kept { kind, ids, source }) => write!(
+                f,
+                "started with real {kind} {}, effective {}, saved {}, and could not make them all \
+                 {}: {source}; nothing was read or sent",
+                ids.real, ids.effective, ids.saved, ids.effective
+            ),
         }
     }
 }
@@ -290,7 +300,8 @@ impl std::error::Error for Error {
                 ..
             }
             | Error::Cache { source: e, .. }
-            | Error::Input(e) => Some(e),
+            | Error::Input(e)
+            | Error::Privileges(Kept { source: e, .. }) => Some(e),
             _ => None,
         }
     }

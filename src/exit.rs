@@ -7,7 +7,8 @@ pub const USAGE: u8 = 64;
 pub const UNAVAILABLE: u8 = 69;
 /// EX_IOERR: standard input could not be read.
 pub const IOERR: u8 = 74;
-/// EX_NOPERM: the IMAP server refused the watcher's login.
+/// EX_NOPERM: started with a way back to another user (a real or saved uid or gid other than the
+/// effective one) that could not be given up; or the IMAP server refused the watcher's login.
 pub const NOPERM: u8 = 77;
 /// EX_TEMPFAIL: a token could not be notified and `--tempfail` asks the caller to retry.
 pub const TEMPFAIL: u8 = 75;
@@ -45,7 +46,8 @@ pub const STATUSES: &[Status] = &[
     },
     Status {
         code: NOPERM,
-        meaning: "--watch: the IMAP server refused the login",
+        meaning: "started with a real or saved uid or gid other than the effective one, and could \
+                  not give it up: nothing was read or sent; --watch: the IMAP server refused the login",
     },
     Status {
         code: CONFIG,

@@ -5,12 +5,16 @@ mod check;
 mod cli;
 mod config;
 mod deferral;
+mod detach;
 mod error;
 mod exit;
+mod hold;
 mod message;
+mod privileges;
 mod relay;
 mod run;
 mod token;
+mod wakeup;
 mod watch;
 
 use std::process::ExitCode;
@@ -23,6 +27,13 @@ use crate::error::Error;
 use crate::run::{Outcome, Output};
 
 fn main() -> ExitCode {
+    // Before anything is read: not even a bad command line is worth a way back to root.
+    if let Err(kept) = privileges::drop_to_effective() {
+        let out = Output {
+            verbosity: verbosity_of_bad_command_line(),
+        };
+        return exit(Err(Error::Privileges(kept)), &out, false);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version
@@ -42,10 +53,11 @@ fn main() -> ExitCode {
     };
     let check = cli.check;
     // A pipe writer must see its message consumed even when the configuration is wrong.
-    let header = match cli.check || cli.send_deferred || cli.watch.is_some() {
-        true => Ok(None),
-        false => message::read_stdin(),
-    };
+    let header =
+        match cli.check || cli.send_deferred || cli.wait_stored.is_some() || cli.watch.is_some() {
+            true => Ok(None),
+            false => message::read_stdin(),
+        };
     let config = match Config::resolve(cli) {
         Ok(config) => config,
         Err(e) if check => return exit(Ok(check::failed(&e)), &out, false),
@@ -57,6 +69,10 @@ fn main() -> ExitCode {
     let result = match config.mode {
         Mode::Check => Ok(check::run(&config)),
         Mode::SendDeferred => deferral::send(&config).map(|()| Outcome::Done),
+        Mode::WaitStored(waiting) => hold::wait_stored(&config, waiting, &out),
+        Mode::Hold => header
+            .map_err(Error::Input)
+            .and_then(|header| hold::hold(&config, header.as_deref(), &out)),
         Mode::Watch => watch::run(&config, &out),
         Mode::Deliver | Mode::DryRun => header
             .map_err(Error::Input)

@@ -295,7 +295,7 @@ impl fmt::Display for Skip {
 }
 
 /// The user's rules on top of RFC 3834.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Rules {
     /// Addresses whose mail does not notify, compared without case.
     pub skip_from: Vec<String>,

@@ -21,7 +21,7 @@ const MAX_ANSWER: u64 = 64 * 1024;
 
 /// The relay's URL, checked: https, or plain http to this machine only (for tests and local
 /// relays), so tokens never travel in clear over a network.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Url {
     text: String,
     /// Without the brackets of an IPv6 literal.

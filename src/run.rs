@@ -3,15 +3,16 @@
 
 use std::fmt;
 use std::io::Write;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
-use crate::cache::{Cache, Locked, MAX_PAUSE, State};
+use crate::cache::{Cache, Locked};
 use crate::config::{Config, Mode, Verbosity};
 use crate::deferral;
 use crate::error::{Error, Result};
 use crate::message;
 use crate::relay::{Answer, Relay};
 use crate::token::Token;
+use crate::wakeup::{Decision, apply, decide, deferred_failure_line, gone_line, secs};
 
 /// How a run that did its job ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -52,98 +53,66 @@ fn emit(line: &str) {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
-/// What to do about one token now.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Decision {
+/// How a wakeup that may go now goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Posted by this run, within its --timeout.
     Post,
-    /// The interval (or a pause the relay asked for) ends then.
-    Wait(SystemTime),
-    /// The relay answered 410 then.
-    Gone(SystemTime),
-}
-
-pub fn decide(state: &State, now: SystemTime, interval: Duration) -> Decision {
-    if let Some(since) = state.gone_since(now) {
-        return Decision::Gone(since);
-    }
-    match state.next_post(now, interval) {
-        Some(until) => Decision::Wait(until),
-        None => Decision::Post,
-    }
-}
-
-/// What a POST's answer means for the token's state. Returns the line to report, if any.
-pub fn apply(state: &mut State, answer: &Answer, token: &Token, now: SystemTime) -> Option<String> {
-    match answer {
-        Answer::Delivered(_) => {
-            state.notified = Some(now);
-            state.pending = None;
-            state.paused = None;
-            None
-        }
-        Answer::Gone => {
-            state.gone = Some(now);
-            state.pending = None;
-            state.forget();
-            Some(gone_line(token, now))
-        }
-        Answer::Pause(wait) => {
-            state.paused = Some(now + (*wait).min(MAX_PAUSE));
-            None
-        }
-        Answer::Refused(_) => Some(format!("token {token}: {}", answer.why_not()?)),
-        Answer::Unavailable(detail) => Some(format!(
-            "token {token}: not notified: {detail}; the next message will try again"
-        )),
-    }
-}
-
-pub fn gone_line(token: &Token, since: SystemTime) -> String {
-    format!(
-        "token {token}: gone since {} (the relay answered 410); copy the current token from \
-         Delta Chat: Settings → Advanced → View Log",
-        humantime::format_rfc3339_seconds(since)
-    )
-}
-
-pub fn deferred_failure_line(token: &Token, at: SystemTime, why: &str) -> String {
-    format!(
-        "token {token}: the deferred wakeup of {} was not sent: {why}",
-        humantime::format_rfc3339_seconds(at)
-    )
-}
-
-/// Whole seconds, rounded up: "deferred by 0 s" would read as a bug.
-pub fn secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    /// Handed to the token's sender, so that this run returns at once.
+    HandOff,
 }
 
 /// Reads the decision off the message, then handles every token.
 pub fn deliver(config: &Config, header: Option<&[u8]>, out: &Output) -> Result<Outcome> {
     let started = Instant::now();
+    if !wanted(config, header, out) {
+        return Ok(Outcome::Done);
+    }
+    let cache = Cache::open(&config.cache_dir, config.mode != Mode::DryRun)?;
+    let deadline = started + config.timeout;
+    let tokens = tokens(&cache, config, deadline)?;
+    wake(&cache, config, &tokens, Wake::Post, out, deadline)
+}
+
+/// Whether the message asks for a wakeup; a skip is said with -v. No message (`--check`,
+/// the sender, a release) asks for one.
+pub fn wanted(config: &Config, header: Option<&[u8]>, out: &Output) -> bool {
     if let Some(header) = header
         && let Some(skip) = config.rules.skip(&message::summarize(header), unix_now())
     {
         out.info(format_args!("skipped: {skip}"));
-        return Ok(Outcome::Done);
+        return false;
     }
-    let dry = config.mode == Mode::DryRun;
-    let cache = Cache::open(&config.cache_dir, !dry)?;
-    let deadline = started + config.timeout;
-    let tokens = if config.remember {
-        remember(&cache, config, deadline, dry)?
-    } else {
-        config.tokens.clone()
+    true
+}
+
+/// The tokens a wakeup goes to: those given, and with --remember every remembered one.
+pub fn tokens(cache: &Cache, config: &Config, deadline: Instant) -> Result<Vec<Token>> {
+    let tokens = match config.remember {
+        true => remember(cache, config, deadline, config.mode == Mode::DryRun)?,
+        false => config.tokens.clone(),
     };
-    if tokens.is_empty() {
-        return Err(Error::NoToken);
+    match tokens.is_empty() {
+        true => Err(Error::NoToken),
+        false => Ok(tokens),
     }
+}
+
+/// Wakes each token (or says what it would do, in a dry run).
+pub fn wake(
+    cache: &Cache,
+    config: &Config,
+    tokens: &[Token],
+    how: Wake,
+    out: &Output,
+    deadline: Instant,
+) -> Result<Outcome> {
     let mut relay = Relay::new(&config.url, deadline);
     let mut outcome = Outcome::Done;
-    for token in &tokens {
-        let notified = match dry {
-            true => dry_run(&cache, token, config, out),
-            false => notify(&cache, &mut relay, token, config, out, deadline)?,
+    for token in tokens {
+        let notified = match config.mode {
+            Mode::DryRun => dry_run(cache, token, config, out),
+            _ => notify(cache, &mut relay, token, config, how, out, deadline)?,
         };
         if !notified {
             outcome = Outcome::NotNotified;
@@ -158,6 +127,7 @@ fn notify(
     relay: &mut Relay,
     token: &Token,
     config: &Config,
+    how: Wake,
     out: &Output,
     deadline: Instant,
 ) -> Result<bool> {
@@ -168,10 +138,10 @@ fn notify(
         return Ok(false);
     };
     let now = SystemTime::now();
-    // A deferred sender cannot report through an exit status: it left its line here.
-    if let Some((at, why)) = locked.state.failed.take() {
-        out.report(format_args!("{}", deferred_failure_line(token, at, &why)));
-        locked.save()?;
+    // A hand-off happens where no one reads the lines: the failure waits for a run that has
+    // someone to tell.
+    if how == Wake::Post {
+        report_failure(&mut locked, token, out)?;
     }
     match decide(&locked.state, now, config.interval) {
         Decision::Gone(since) => {
@@ -179,6 +149,9 @@ fn notify(
             Ok(true)
         }
         Decision::Wait(until) => defer(cache, &mut locked, token, config, out, now, until),
+        Decision::Post if how == Wake::HandOff => {
+            defer(cache, &mut locked, token, config, out, now, now)
+        }
         Decision::Post => {
             let answer = relay.notify(token);
             let now = SystemTime::now();
@@ -201,6 +174,31 @@ fn notify(
     }
 }
 
+/// Says, once, that the token's last deferred wakeup failed: a deferred sender cannot report
+/// through an exit status, so it left its line in the token state.
+fn report_failure(locked: &mut Locked, token: &Token, out: &Output) -> Result<()> {
+    if let Some((at, why)) = locked.state.failed.take() {
+        out.report(format_args!("{}", deferred_failure_line(token, at, &why)));
+        locked.save()?;
+    }
+    Ok(())
+}
+
+/// [`report_failure`] for each token, for a run whose wakeup goes elsewhere (a `--hold`).
+pub fn report_failures(
+    cache: &Cache,
+    tokens: &[Token],
+    out: &Output,
+    deadline: Instant,
+) -> Result<()> {
+    for token in tokens {
+        if let Some(mut locked) = cache.lock(token, deadline)? {
+            report_failure(&mut locked, token, out)?;
+        }
+    }
+    Ok(())
+}
+
 /// Leaves the message's wakeup to the token's deferred sender, starting one if none waits.
 fn defer(
     cache: &Cache,
@@ -212,7 +210,8 @@ fn defer(
     until: SystemTime,
 ) -> Result<bool> {
     let left = until.duration_since(now).unwrap_or_default();
-    if config.interval.is_zero() {
+    // Without an interval only a pause defers, and a pause is a failure to say.
+    if config.interval.is_zero() && !left.is_zero() {
         locked.save()?;
         out.report(format_args!(
             "token {token}: not notified: the relay asked for a pause of {} s more; \
@@ -232,7 +231,10 @@ fn defer(
         ));
         return Ok(false);
     }
-    out.info(format_args!("token {token}: deferred by {} s", secs(left)));
+    match left.is_zero() {
+        true => out.info(format_args!("token {token}: handed to its sender")),
+        false => out.info(format_args!("token {token}: deferred by {} s", secs(left))),
+    }
     Ok(true)
 }
 
@@ -295,67 +297,5 @@ pub fn unix_now() -> i64 {
     match SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decisions() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let s = Duration::from_secs;
-        let i = s(10);
-        assert_eq!(decide(&State::default(), now, i), Decision::Post);
-        let recent = State {
-            notified: Some(now - s(3)),
-            ..State::default()
-        };
-        assert_eq!(decide(&recent, now, i), Decision::Wait(now + s(7)));
-        assert_eq!(decide(&recent, now, Duration::ZERO), Decision::Post);
-        let gone = State {
-            gone: Some(now - s(60)),
-            ..recent.clone()
-        };
-        assert_eq!(decide(&gone, now, i), Decision::Gone(now - s(60)));
-    }
-
-    #[test]
-    fn answers_change_the_state() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let t = Token::parse("fcm-x:SECRET").unwrap();
-        let mut st = State {
-            pending: Some(now),
-            token: Some("fcm-x:SECRET".into()),
-            seen: Some(now),
-            ..State::default()
-        };
-        assert_eq!(apply(&mut st, &Answer::Delivered(200), &t, now), None);
-        assert_eq!((st.notified, st.pending), (Some(now), None));
-
-        let line = apply(&mut st, &Answer::Pause(Duration::from_secs(7200)), &t, now);
-        assert_eq!((line, st.paused), (None, Some(now + MAX_PAUSE)));
-
-        let line = apply(&mut st, &Answer::Gone, &t, now).unwrap();
-        assert_eq!((st.gone, st.token.as_deref()), (Some(now), None));
-        assert!(
-            line.starts_with(&format!("token {t}: gone since ")),
-            "{line}"
-        );
-        assert!(!line.contains("SECRET"));
-
-        let line = apply(&mut st, &Answer::Unavailable("x".into()), &t, now).unwrap();
-        assert_eq!(
-            line,
-            format!("token {t}: not notified: x; the next message will try again")
-        );
-    }
-
-    #[test]
-    fn seconds_round_up() {
-        assert_eq!(secs(Duration::from_millis(1)), 1);
-        assert_eq!(secs(Duration::from_secs(7)), 7);
-        assert_eq!(secs(Duration::ZERO), 0);
     }
 }

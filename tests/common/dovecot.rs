@@ -265,14 +265,117 @@ pub fn unprivileged_conf(mail_user: &MailUser) -> (String, &'static str) {
     )
 }
 
+/// Which Dovecot a [`MailServer`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// The host's (Debian 12: 2.3.19).
+    V23,
+    /// Debian 13's (2.4.1), in the root that `.ci/setup` makes, under chroot.
+    V24,
+}
+
+/// Where `.ci/setup` makes the Debian 13 root, unless DELTAPUSH_TRIXIE_ROOT says otherwise.
+const TRIXIE_ROOT: &str = "/var/lib/deltapush-mda-tests/trixie";
+
+impl Version {
+    /// The folder of `examples/dovecot/` with this version's fragment.
+    pub fn examples(self) -> &'static str {
+        match self {
+            Version::V23 => "dovecot/2.3",
+            Version::V24 => "dovecot/2.4",
+        }
+    }
+
+    /// A temp dir for a server of this version. The Debian 13 root sees the host's /tmp at the
+    /// same path, and nothing else of it: its paths must be there.
+    pub fn tempdir(self, prefix: &str) -> tempfile::TempDir {
+        let mut b = tempfile::Builder::new();
+        b.prefix(prefix);
+        match self {
+            Version::V23 => b.tempdir(),
+            Version::V24 => b.tempdir_in("/tmp"),
+        }
+        .unwrap()
+    }
+
+    /// A command that runs `program` of this version, named by its path on its system
+    /// (`/usr/sbin/dovecot`). For 2.4: under chroot in the Debian 13 root, with /proc, /dev and
+    /// /tmp bound in a mount namespace of its own, so no mount outlives the program.
+    pub fn command(self, program: &str) -> Command {
+        match self {
+            Version::V23 => {
+                let path = Path::new(program);
+                assert!(path.is_file(), "no {program}: run `sudo .ci/setup`");
+                Command::new(path)
+            }
+            Version::V24 => {
+                let root = trixie_root();
+                assert!(
+                    root.join(program.trim_start_matches('/')).is_file(),
+                    "no {program} in the Debian 13 root {}: run `sudo .ci/setup`",
+                    root.display()
+                );
+                // SAFETY: geteuid(2) cannot fail.
+                assert_eq!(
+                    unsafe { libc::geteuid() },
+                    0,
+                    "the Dovecot 2.4 tests run it under chroot in {}: run them as root",
+                    root.display()
+                );
+                // unshare and sh exec: the pid is the program's, for Daemon to stop.
+                let mut cmd = Command::new(require("unshare"));
+                cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(
+                        "set -e; r=$1; shift; mount --rbind /proc \"$r/proc\"; \
+                         mount --rbind /dev \"$r/dev\"; mount --bind /tmp \"$r/tmp\"; \
+                         exec chroot \"$r\" \"$@\"",
+                    )
+                    .arg("sh")
+                    .arg(&root)
+                    .arg(program);
+                cmd
+            }
+        }
+    }
+
+    /// The path of a Dovecot program, as this version's system has it.
+    pub fn program(self, name: &str) -> String {
+        match name {
+            "dovecot-lda" => "/usr/lib/dovecot/dovecot-lda".to_string(),
+            "dovecot" => "/usr/sbin/dovecot".to_string(),
+            _ => match self {
+                Version::V23 => require(name).to_str().unwrap().to_string(),
+                Version::V24 => format!("/usr/bin/{name}"),
+            },
+        }
+    }
+}
+
+/// The Debian 13 root, checked to be one that `.ci/setup` finished; panics (never skips)
+/// when it is missing.
+pub fn trixie_root() -> PathBuf {
+    let root = std::env::var_os("DELTAPUSH_TRIXIE_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(TRIXIE_ROOT));
+    assert!(
+        root.join(".deltapush-mda-root").is_file(),
+        "no Debian 13 root at {} for the Dovecot 2.4 tests: run `sudo .ci/setup` (it makes it \
+         once, in about 30 s; DELTAPUSH_TRIXIE_ROOT moves it)",
+        root.display()
+    );
+    root
+}
+
 /// A Dovecot that takes mail the way a mail server hands it over, through LMTP (and
 /// dovecot-lda), with Sieve at delivery, and serves plain IMAP on 127.0.0.1 (a client on the
 /// same host may log in without TLS). Every user has a home of its own with `~/Maildir`, and a
 /// user Sieve script at `~/.dovecot.sieve`, as Debian's 90-sieve.conf has it. Like Debian's
-/// dovecot.conf, it includes every `conf.d/*.conf`. Stopped when dropped.
+/// dovecot.conf, it includes every `conf.d/*.conf`. Of either [`Version`]: the same server in
+/// each one's syntax. Stopped when dropped.
 pub struct MailServer {
     pub imap_port: u16,
     pub lmtp_port: u16,
+    pub version: Version,
     dir: PathBuf,
     mail_user: MailUser,
     _daemon: Daemon,
@@ -283,11 +386,19 @@ pub const DOMAIN: &str = "example.org";
 impl MailServer {
     /// Starts one with `users` (local parts) and the `conf_d` files (name, text) in place.
     pub fn start(
+        version: Version,
         dir: &Path,
         mail_user: MailUser,
         users: &[&str],
         conf_d: &[(&str, String)],
     ) -> MailServer {
+        if version == Version::V24 {
+            assert!(
+                dir.starts_with("/tmp"),
+                "{}: the Debian 13 root sees only /tmp of the host",
+                dir.display()
+            );
+        }
         let d = |name: &str| dir.join(name);
         for sub in ["run", "state", "conf.d", "home"] {
             fs::create_dir_all(d(sub)).unwrap();
@@ -300,46 +411,97 @@ impl MailServer {
             let home = d("home").join(user);
             fs::create_dir_all(&home).unwrap();
             mail_user.own(&home);
-            passwd.push_str(&format!(
-                "{user}@{DOMAIN}:{{PLAIN}}{}:{}:{}::{}::\n",
-                Self::password_of(user),
-                mail_user.uid,
-                mail_user.gid,
-                home.display()
-            ));
+            passwd.push_str(&passwd_line(user, &mail_user, &home));
         }
         fs::write(d("passwd"), passwd).unwrap();
         let (imap_port, lmtp_port) = (free_port(), free_port());
         let (unprivileged, login_chroot) = unprivileged_conf(&mail_user);
-        let config = format!(
-            "base_dir = {run}\nstate_dir = {state}\nlog_path = {log}\n\
-             protocols = imap lmtp\nlisten = 127.0.0.1\n\
-             ssl = no\ndisable_plaintext_auth = no\nauth_mechanisms = plain login\n\
-             first_valid_uid = {uid}\n\
-             passdb {{\n  driver = passwd-file\n  args = {passwd}\n}}\n\
-             userdb {{\n  driver = passwd-file\n  args = {passwd}\n}}\n\
-             mail_location = maildir:~/Maildir\n\
-             plugin {{\n  sieve = file:~/sieve;active=~/.dovecot.sieve\n}}\n\
-             {unprivileged}\
-             service imap-login {{\n{login_chroot}  inet_listener imap {{\n    address = 127.0.0.1\n    port = {imap_port}\n  }}\n\
-             \x20 inet_listener imaps {{\n    port = 0\n  }}\n}}\n\
-             service lmtp {{\n  inet_listener lmtp {{\n    address = 127.0.0.1\n    port = {lmtp_port}\n  }}\n}}\n\
-             !include_try {conf_d}/*.conf\n",
-            run = d("run").display(),
-            state = d("state").display(),
-            log = d("dovecot.log").display(),
-            uid = mail_user.uid,
-            passwd = d("passwd").display(),
-            conf_d = d("conf.d").display(),
+        let config = match version {
+            Version::V23 => format!(
+                "base_dir = {run}\nstate_dir = {state}\nlog_path = {log}\n\
+                 protocols = imap lmtp\nlisten = 127.0.0.1\n\
+                 ssl = no\ndisable_plaintext_auth = no\nauth_mechanisms = plain login\n\
+                 first_valid_uid = {uid}\n\
+                 passdb {{\n  driver = passwd-file\n  args = {passwd}\n}}\n\
+                 userdb {{\n  driver = passwd-file\n  args = {passwd}\n}}\n\
+                 mail_location = maildir:~/Maildir\n\
+                 plugin {{\n  sieve = file:~/sieve;active=~/.dovecot.sieve\n}}\n\
+                 {unprivileged}\
+                 service imap-login {{\n{login_chroot}  inet_listener imap {{\n    address = 127.0.0.1\n    port = {imap_port}\n  }}\n\
+                 \x20 inet_listener imaps {{\n    port = 0\n  }}\n}}\n\
+                 service lmtp {{\n  inet_listener lmtp {{\n    address = 127.0.0.1\n    port = {lmtp_port}\n  }}\n}}\n\
+                 !include_try {conf_d}/*.conf\n",
+                run = d("run").display(),
+                state = d("state").display(),
+                log = d("dovecot.log").display(),
+                uid = mail_user.uid,
+                passwd = d("passwd").display(),
+                conf_d = d("conf.d").display(),
+            ),
+            // The same in 2.4's words. Its listeners take `listen` (here the global one) for an
+            // address; the user's script is where Debian 13's 90-sieve.conf suggests it.
+            Version::V24 => format!(
+                "dovecot_config_version = 2.4.1\ndovecot_storage_version = 2.4.1\n\
+                 base_dir = {run}\nstate_dir = {state}\nlog_path = {log}\n\
+                 protocols = imap lmtp\nlisten = 127.0.0.1\n\
+                 ssl = no\nauth_allow_cleartext = yes\nauth_mechanisms = plain login\n\
+                 first_valid_uid = {uid}\n\
+                 passdb passwd-file {{\n  passwd_file_path = {passwd}\n}}\n\
+                 userdb passwd-file {{\n  passwd_file_path = {passwd}\n}}\n\
+                 mail_driver = maildir\nmail_path = ~/Maildir\n\
+                 namespace inbox {{\n  inbox = yes\n}}\n\
+                 sieve_script personal {{\n  driver = file\n  path = ~/sieve\n  active_path = ~/.dovecot.sieve\n}}\n\
+                 {unprivileged}\
+                 service imap-login {{\n{login_chroot}  inet_listener imap {{\n    port = {imap_port}\n  }}\n\
+                 \x20 inet_listener imaps {{\n    port = 0\n  }}\n}}\n\
+                 service lmtp {{\n  inet_listener lmtp {{\n    port = {lmtp_port}\n  }}\n}}\n\
+                 !include_try {conf_d}/*.conf\n",
+                run = d("run").display(),
+                state = d("state").display(),
+                log = d("dovecot.log").display(),
+                uid = mail_user.uid,
+                passwd = d("passwd").display(),
+                conf_d = d("conf.d").display(),
+            ),
+        };
+        let mut cmd = version.command(&version.program("dovecot"));
+        cmd.arg("-F").arg("-c").arg(d("dovecot.conf"));
+        let daemon = run_dovecot_as(cmd, dir, &config, &[imap_port, lmtp_port]);
+        // The version asked for, and no other: its first line says which it is (written by its
+        // log process, maybe after the ports are open).
+        let want = match version {
+            Version::V23 => "Info: Dovecot v2.3.",
+            Version::V24 => "Info: Dovecot v2.4.",
+        };
+        let log = || fs::read_to_string(d("dovecot.log")).unwrap_or_default();
+        poll(Duration::from_secs(10), || log().contains('\n'));
+        assert!(
+            log().lines().next().is_some_and(|l| l.contains(want)),
+            "not {want}: {}",
+            log()
         );
-        let daemon = run_dovecot(dir, &config, &[imap_port, lmtp_port]);
         MailServer {
             imap_port,
             lmtp_port,
+            version,
             dir: dir.to_path_buf(),
             mail_user,
             _daemon: daemon,
         }
+    }
+
+    /// Adds `user` while the server runs, as an admin does: a home, and a line appended to the
+    /// passwd-file, which Dovecot reads again once it has changed.
+    pub fn add_user(&self, user: &str) {
+        let home = self.home(user);
+        fs::create_dir_all(&home).unwrap();
+        self.mail_user.own(&home);
+        let line = passwd_line(user, &self.mail_user, &home);
+        let mut passwd = fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("passwd"))
+            .unwrap();
+        std::io::Write::write_all(&mut passwd, line.as_bytes()).unwrap();
     }
 
     /// The user's address, as LMTP, IMAP and doveadm take it.
@@ -371,16 +533,16 @@ impl MailServer {
         path
     }
 
-    /// A Dovecot tool (doveadm, sievec, dovecot-lda, ...) run against this server's config.
-    pub fn tool(&self, program: &Path, args: &[&str], input: Option<&[u8]>) -> Ran {
-        let mut cmd = Command::new(program);
+    /// A Dovecot tool (doveadm, sievec, dovecot-lda, ...), this server's version of it, run
+    /// against this server's config.
+    pub fn tool(&self, program: &str, args: &[&str], input: Option<&[u8]>) -> Ran {
+        let mut cmd = self.version.command(&self.version.program(program));
         cmd.arg("-c").arg(self.config()).args(args);
-        let name = program.file_name().unwrap().to_string_lossy().into_owned();
         let out = self.dir.join("tools");
         fs::create_dir_all(&out).unwrap();
         static RUNS: AtomicU32 = AtomicU32::new(0);
         run_with_input(
-            &format!("{name}-{}", RUNS.fetch_add(1, Ordering::SeqCst)),
+            &format!("{program}-{}", RUNS.fetch_add(1, Ordering::SeqCst)),
             cmd,
             &out,
             Duration::from_secs(30),
@@ -397,6 +559,72 @@ impl MailServer {
         }
         stored(&maildir)
     }
+}
+
+/// A user's line of the passwd-file.
+fn passwd_line(user: &str, mail_user: &MailUser, home: &Path) -> String {
+    format!(
+        "{user}@{DOMAIN}:{{PLAIN}}{}:{}:{}::{}::\n",
+        MailServer::password_of(user),
+        mail_user.uid,
+        mail_user.gid,
+        home.display()
+    )
+}
+
+/// What a user's Maildir holds, every folder together, as a phone that fetched now would find
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mailbox {
+    /// Messages in a `new/` or `cur/`, and their bytes.
+    pub stored: usize,
+    pub bytes: u64,
+    /// Files in a `tmp/`: messages being written.
+    pub writing: usize,
+}
+
+impl std::fmt::Display for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "{} message(s) of {} bytes stored, {} being written",
+            self.stored, self.bytes, self.writing
+        )
+    }
+}
+
+/// The Maildir under `home`, as [`Mailbox`] counts it.
+pub fn mailbox(home: &Path) -> Mailbox {
+    let maildir = home.join("Maildir");
+    let mut folders = vec![maildir.clone()];
+    if let Ok(entries) = fs::read_dir(&maildir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with('.') && entry.path().is_dir() {
+                folders.push(entry.path());
+            }
+        }
+    }
+    let mut mailbox = Mailbox {
+        stored: 0,
+        bytes: 0,
+        writing: 0,
+    };
+    for folder in folders {
+        for sub in ["new", "cur", "tmp"] {
+            let Ok(entries) = fs::read_dir(folder.join(sub)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if sub == "tmp" {
+                    mailbox.writing += 1;
+                } else {
+                    mailbox.stored += 1;
+                    mailbox.bytes += entry.metadata().map_or(0, |m| m.len());
+                }
+            }
+        }
+    }
+    mailbox
 }
 
 impl Stored {
@@ -430,12 +658,16 @@ fn stored(maildir: &Path) -> Vec<Stored> {
 /// Starts Dovecot in the foreground with `config` (written to `dir/dovecot.conf`, logging to
 /// `dir/dovecot.log`) and waits until it listens on every port.
 fn run_dovecot(dir: &Path, config: &str, ports: &[u16]) -> Daemon {
-    let conf = dir.join("dovecot.conf");
-    fs::write(&conf, config).unwrap();
     let mut cmd = Command::new(require("dovecot"));
-    cmd.arg("-F").arg("-c").arg(&conf);
-    let mut daemon = Daemon::spawn("dovecot", cmd);
+    cmd.arg("-F").arg("-c").arg(dir.join("dovecot.conf"));
+    run_dovecot_as(cmd, dir, config, ports)
+}
+
+/// [`run_dovecot`] with the command given (`dovecot -F -c dir/dovecot.conf` of a version).
+fn run_dovecot_as(cmd: Command, dir: &Path, config: &str, ports: &[u16]) -> Daemon {
+    fs::write(dir.join("dovecot.conf"), config).unwrap();
     let log = dir.join("dovecot.log");
+    let mut daemon = Daemon::spawn("dovecot", cmd);
     for &port in ports {
         wait_listening(port, &mut daemon, || {
             fs::read_to_string(&log).unwrap_or_default()

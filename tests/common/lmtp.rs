@@ -2,7 +2,7 @@
 //! LMTP (RFC 2033), which hands a message over for delivery, and the phone's side of IMAP,
 //! which logs in and stores its device token.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,9 @@ impl Conn {
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
+        // A command's last bytes go out at once, not after the server's delayed ACK of the
+        // ones before (40 ms, which the reply times would show).
+        stream.set_nodelay(true).unwrap();
         Conn {
             reader: BufReader::new(stream.try_clone().unwrap()),
             writer: stream,
@@ -47,6 +50,27 @@ impl Conn {
         );
         let line = line.trim_end_matches(['\r', '\n']).to_string();
         self.transcript.push_str(&format!("S: {line}\n"));
+        line
+    }
+
+    /// One IMAP response line: where it ends in a literal (`{N}`), its N bytes and the rest of
+    /// the line come with it, as `{N}\r\n` and the bytes.
+    fn response(&mut self) -> String {
+        let mut line = self.line();
+        while let Some(len) = line
+            .strip_suffix('}')
+            .and_then(|l| l.rsplit_once('{'))
+            .and_then(|(_, n)| n.parse::<usize>().ok())
+        {
+            let mut literal = vec![0; len];
+            self.reader
+                .read_exact(&mut literal)
+                .unwrap_or_else(|e| panic!("reading a literal: {e}; so far:\n{}", self.transcript));
+            self.transcript.push_str(&format!("S: ({len} bytes)\n"));
+            line.push_str("\r\n");
+            line.push_str(&String::from_utf8_lossy(&literal));
+            line.push_str(&self.line());
+        }
         line
     }
 }
@@ -119,9 +143,14 @@ impl Lmtp {
             data.extend_from_slice(line);
             data.extend_from_slice(b"\r\n");
         }
+        // The end of the data in the same write as the data.
+        data.extend_from_slice(b".\r\n");
         self.conn.writer.write_all(&data).unwrap();
-        self.conn.send(b".\r\n");
         let sent = Instant::now();
+        let lines = message.split_inclusive(|&b| b == b'\n').count();
+        self.conn
+            .transcript
+            .push_str(&format!("C: ({lines} lines of data)\nC: .\n"));
         let reply = self.expect(250);
         Delivery {
             sent,
@@ -143,6 +172,7 @@ pub struct Imap {
     tag: u32,
     /// The capabilities the server announced after login.
     pub capabilities: Vec<String>,
+    logged_out: bool,
 }
 
 impl Imap {
@@ -151,6 +181,7 @@ impl Imap {
             conn: Conn::open(port),
             tag: 0,
             capabilities: Vec::new(),
+            logged_out: false,
         };
         let greeting = imap.conn.line();
         assert!(greeting.starts_with("* OK"), "{greeting}");
@@ -173,7 +204,7 @@ impl Imap {
         self.conn.send(format!("{tag} {command}\r\n").as_bytes());
         let mut lines = Vec::new();
         loop {
-            let line = self.conn.line();
+            let line = self.conn.response();
             let done = line.starts_with(&format!("{tag} "));
             lines.push(line);
             if done {
@@ -187,10 +218,21 @@ impl Imap {
         );
         lines
     }
+
+    /// Logs out and waits until the server has closed the connection: the session is over.
+    pub fn logout(mut self) {
+        self.command("LOGOUT");
+        let mut rest = String::new();
+        while self.conn.reader.read_line(&mut rest).is_ok_and(|n| n > 0) {}
+        self.logged_out = true;
+    }
 }
 
 impl Drop for Imap {
     fn drop(&mut self) {
+        if self.logged_out {
+            return;
+        }
         let _ = self.conn.writer.write_all(b"z LOGOUT\r\n");
     }
 }

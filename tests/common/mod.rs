@@ -299,8 +299,9 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// The process `pid`, if it is a living deferred sender.
-    fn read(pid: i32) -> Option<Sender> {
+    /// The process `pid`, if it is a living deferred sender (or, with `flag`
+    /// `--wait-stored`, a waiter for a stored message).
+    fn read(pid: i32, flag: &str) -> Option<Sender> {
         // The command line first: most processes are not senders, and one read tells.
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let args: Vec<String> = cmdline
@@ -308,7 +309,7 @@ impl Sender {
             .filter(|a| !a.is_empty())
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        if !args.iter().any(|a| a == "--send-deferred") {
+        if !args.iter().any(|a| a == flag) {
             return None;
         }
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -329,7 +330,8 @@ impl Sender {
 
     /// Whether it still runs (and its pid was not taken by another process).
     pub fn alive(&self) -> bool {
-        Sender::read(self.pid).is_some_and(|p| p.args == self.args)
+        let flag = &self.args[1];
+        Sender::read(self.pid, flag).is_some_and(|p| p.args == self.args)
     }
 
     /// Its open descriptors: number and what they point to.
@@ -360,21 +362,30 @@ impl Sender {
 
 /// The living deferred senders whose cache dir is `dir` or below it.
 pub fn senders(dir: &Path) -> Vec<Sender> {
+    background(dir, "--send-deferred")
+}
+
+/// The living waiters for a stored message (of `--hold`) whose cache dir is `dir` or below it.
+pub fn waiters(dir: &Path) -> Vec<Sender> {
+    background(dir, "--wait-stored")
+}
+
+fn background(dir: &Path, flag: &str) -> Vec<Sender> {
     let Ok(procs) = fs::read_dir("/proc") else {
         return Vec::new();
     };
     procs
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter_map(Sender::read)
+        .filter_map(|pid| Sender::read(pid, flag))
         .filter(|p| p.cache_dir().is_some_and(|c| c.starts_with(dir)))
         .collect()
 }
 
-/// Kills every deferred sender whose cache dir is `dir` or below it: a test that failed leaves
-/// no process behind.
+/// Kills every deferred sender and waiter whose cache dir is `dir` or below it: a test that
+/// failed leaves no process behind.
 pub fn kill_senders(dir: &Path) {
-    for p in senders(dir) {
+    for p in senders(dir).into_iter().chain(waiters(dir)) {
         // SAFETY: a plain syscall; the pid was a sender of the test's own cache dir.
         unsafe { libc::kill(p.pid, libc::SIGKILL) };
     }
@@ -609,6 +620,9 @@ pub struct Request {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// What the relay's observer ([`Relay::observe`]) said the moment the request arrived,
+    /// before it was answered.
+    pub observed: Option<String>,
 }
 
 impl Request {
@@ -620,10 +634,14 @@ impl Request {
     }
 }
 
+/// A look at the world the moment a request arrives (what a phone woken by it would find).
+type Observer = Arc<dyn Fn(&Request) -> String + Send + Sync>;
+
 struct State {
     script: VecDeque<Reply>,
     default: Reply,
     requests: Vec<Request>,
+    observer: Option<Observer>,
 }
 
 /// A relay on 127.0.0.1:0 that records every request and answers from a script, then with the
@@ -653,6 +671,7 @@ impl Relay {
             script: script.into_iter().collect(),
             default,
             requests: Vec::new(),
+            observer: None,
         }));
         let shared = Arc::clone(&state);
         thread::spawn(move || {
@@ -721,6 +740,12 @@ impl Relay {
     pub fn set_default(&self, reply: Reply) {
         self.state.lock().unwrap().default = reply;
     }
+
+    /// Runs `look` for each request as it arrives, before it is answered, and keeps its answer
+    /// in the request's `observed`.
+    pub fn observe(&self, look: impl Fn(&Request) -> String + Send + Sync + 'static) {
+        self.state.lock().unwrap().observer = Some(Arc::new(look));
+    }
 }
 
 fn serve(stream: TcpStream, state: &Mutex<State>) {
@@ -731,7 +756,7 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
     let mut out = stream;
     // Keep-alive: one connection may carry several requests.
     loop {
-        let request = if tls {
+        let mut request = if tls {
             let mut hello = [0u8; 4096];
             let _ = reader.read(&mut hello);
             Request {
@@ -740,6 +765,7 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
                 path: String::new(),
                 headers: Vec::new(),
                 body: Vec::new(),
+                observed: None,
             }
         } else {
             match read_request(&mut reader) {
@@ -747,6 +773,11 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
                 None => return,
             }
         };
+        // Outside the lock: a look may take a while, and the test may ask for requests meanwhile.
+        let observer = state.lock().unwrap().observer.clone();
+        if let Some(look) = observer {
+            request.observed = Some(look(&request));
+        }
         let reply = {
             let mut s = state.lock().unwrap();
             s.requests.push(request);
@@ -847,6 +878,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
         path,
         headers,
         body,
+        observed: None,
     })
 }
 
