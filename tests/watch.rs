@@ -247,6 +247,14 @@ fn automatic_mail_and_the_rules_wake_no_one() {
     // The chat message after them is the only one woken, and proves both were seen.
     let landed = site.deliver(&chat());
     site.assert_woken(&[landed]);
+    // A header block of 2 MB is read as far as a delivery reads one, and woken.
+    let mut huge = b"From: Dave <dave@example.net>\r\n".to_vec();
+    for n in 0..30_000 {
+        huge.extend_from_slice(format!("X-Filler-{n}: {}\r\n", "a".repeat(60)).as_bytes());
+    }
+    huge.extend_from_slice(b"\r\nhi\r\n");
+    let big = site.deliver(&huge);
+    site.assert_woken(&[landed, big]);
     let (status, stderr) = w.terminate();
     assert_eq!((status.code(), stderr), (Some(0), watching(&site)));
 }

@@ -2,6 +2,7 @@
 //! SASL); this drives it with a deadline on every read and write.
 
 use std::borrow::Cow;
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use imap_next::client::{Client, Event, Options};
@@ -17,8 +18,10 @@ use imap_next::{Interrupt, Io, State};
 
 use super::transport::{Fault, Transport};
 
-/// The largest response taken: a header block far beyond any real one.
+/// The largest response taken: far beyond any real one, with header blocks cut at
+/// [`HEADER_PART`].
 const MAX_RESPONSE: u32 = 8 * 1024 * 1024;
+const HEADER_PART: NonZeroU32 = NonZeroU32::new(crate::message::HEADER_CAP as u32).unwrap();
 
 /// What EXAMINE said about the mailbox.
 #[derive(Debug, Default)]
@@ -364,9 +367,11 @@ impl Session {
         let set = format!("{first}:*");
         let items = vec![
             MessageDataItemName::Uid,
+            // No more than a delivery reads of a header block: a message with a header of many
+            // megabytes cannot stall the watcher, and the rest would not change the decision.
             MessageDataItemName::BodyExt {
                 section: Some(Section::Header(None)),
-                partial: None,
+                partial: Some((0, HEADER_PART)),
                 peek: true,
             },
         ];
