@@ -71,9 +71,13 @@ impl Site {
 
     /// The watcher's command line: this site's URL, password file, relay and token.
     fn command(&self, extra: &[&str]) -> Command {
+        self.command_for(&self.url(), extra)
+    }
+
+    fn command_for(&self, url: &str, extra: &[&str]) -> Command {
         let mut cmd = self.sandbox.command();
         cmd.arg("--watch")
-            .arg(self.url())
+            .arg(url)
             .arg("--password-file")
             .arg(&self.password_file)
             .args(["--url", &self.relay.url])
@@ -426,6 +430,23 @@ fn a_refused_login_is_one_line_and_exit_77() {
         site.dc.log().contains("auth failed, 1 attempts"),
         "{}",
         site.dc.log()
+    );
+}
+
+fn a_mailbox_that_cannot_be_opened_is_one_line_and_exit_78() {
+    let site = Site::new(Variant::default());
+    let url = format!("{}/No%20such", site.url());
+    let mut w = site.watch_unready(site.command_for(&url, &[]));
+    let status = w.daemon.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(78));
+    // Dovecot's own words follow, with its timings.
+    let stderr = w.stderr();
+    let ours = line(&format!(
+        "{url}: the server cannot open the mailbox: Mailbox doesn't exist: No such"
+    ));
+    assert!(
+        stderr.starts_with(ours.trim_end()) && stderr.lines().count() == 1,
+        "{stderr}"
     );
 }
 
@@ -877,6 +898,10 @@ fn watch_against_dovecot() {
         (
             "a_refused_login_is_one_line_and_exit_77",
             a_refused_login_is_one_line_and_exit_77,
+        ),
+        (
+            "a_mailbox_that_cannot_be_opened_is_one_line_and_exit_78",
+            a_mailbox_that_cannot_be_opened_is_one_line_and_exit_78,
         ),
         ("starttls_with_a_private_ca", starttls_with_a_private_ca),
         (

@@ -62,6 +62,8 @@ pub struct Session {
     /// The codes of untagged OKs since the last command began (UIDVALIDITY, UIDNEXT).
     codes: Vec<Code<'static>>,
     fetched: Vec<(u32, Vec<u8>)>,
+    /// The highest UID in any FETCH answer since it was last reset.
+    max_uid: u32,
     buf: Vec<u8>,
 }
 
@@ -88,6 +90,7 @@ impl Session {
             exists: 0,
             codes: Vec::new(),
             fetched: Vec::new(),
+            max_uid: 0,
             buf: vec![0; 16 * 1024],
         };
         loop {
@@ -177,6 +180,9 @@ impl Session {
                             } => header = data.0.map(|s| s.as_ref().to_vec()),
                             _ => {}
                         }
+                    }
+                    if let Some(uid) = uid {
+                        self.max_uid = self.max_uid.max(uid);
                     }
                     if let (Some(uid), Some(header)) = (uid, header) {
                         self.fetched.push((uid, header));
@@ -322,40 +328,11 @@ impl Session {
             return Ok(0);
         }
         let body = CommandBody::fetch("*", vec![MessageDataItemName::Uid], false)
-            .expect("* is a sequence set");
-        let mut last = 0;
-        match self.command_collecting_uids(body, &mut last)? {
-            Reply::Ok => Ok(last),
+            .map_err(|_| Fault::Lost("FETCH * cannot be sent".into()))?;
+        self.max_uid = 0;
+        match self.command(body)? {
+            Reply::Ok => Ok(self.max_uid),
             Reply::Refused { text, .. } => Err(Fault::Lost(format!("FETCH refused: {text}"))),
-        }
-    }
-
-    fn command_collecting_uids(
-        &mut self,
-        body: CommandBody<'static>,
-        last: &mut u32,
-    ) -> Result<Reply, Fault> {
-        let tag = self.tag();
-        self.client.enqueue_command(Command {
-            tag: tag.clone(),
-            body,
-        });
-        loop {
-            match self.event(None)? {
-                Event::StatusReceived {
-                    status: Status::Tagged(tagged),
-                } if tagged.tag == tag => return Ok(reply(tagged.body)),
-                Event::DataReceived {
-                    data: Data::Fetch { items, .. },
-                } => {
-                    for item in items.into_iter() {
-                        if let MessageDataItem::Uid(u) = item {
-                            *last = (*last).max(u.get());
-                        }
-                    }
-                }
-                other => self.note(other)?,
-            }
         }
     }
 
