@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
+use common::courier::Courier;
 use common::dovecot::{Dovecot, USER, Variant};
 use common::realmail::{Ca, Daemon, MailUser, poll, wait_for};
 use common::{Relay, Sandbox, TOKEN_BODY, bounce, chat, line, run_cases, token};
@@ -94,16 +95,8 @@ impl Site {
         w
     }
 
-    fn watch_unready(&self, mut cmd: Command) -> Watcher {
-        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let stderr = self.dir.path().join(format!("watcher-{n}.stderr"));
-        cmd.stdout(File::create(self.dir.path().join("watcher.stdout")).unwrap())
-            .stderr(File::create(&stderr).unwrap());
-        Watcher {
-            daemon: Daemon::spawn("deltapush-mda --watch", cmd),
-            stderr,
-        }
+    fn watch_unready(&self, cmd: Command) -> Watcher {
+        Watcher::spawn(self.dir.path(), cmd)
     }
 
     /// Delivers `message` into INBOX; returns when it landed.
@@ -125,32 +118,8 @@ impl Site {
         times
     }
 
-    /// Asserts that every landing has a POST after it within [`WITHIN`], and that no POST came
-    /// without one: messages fetched together share a wakeup, so there may be fewer POSTs.
     fn assert_woken(&self, landed: &[Instant]) {
-        let covered = |posts: &[Instant]| {
-            landed
-                .iter()
-                .all(|l| posts.iter().any(|p| p >= l && *p - *l <= WITHIN))
-        };
-        let done = poll(Duration::from_secs(10), || {
-            covered(&self.relay.post_times(&self.token))
-        });
-        let posts = self.relay.post_times(&self.token);
-        for (i, l) in landed.iter().enumerate() {
-            assert!(
-                done.is_some() || posts.iter().any(|p| p >= l && *p - *l <= WITHIN),
-                "message {i} not woken within {WITHIN:?}; POSTs after it: {:?}",
-                posts
-                    .iter()
-                    .filter(|p| *p >= l)
-                    .map(|p| *p - *l)
-                    .collect::<Vec<_>>()
-            );
-        }
-        assert!(done.is_some());
-        assert!(posts.len() <= landed.len(), "a POST without a message");
-        assert!(posts[0] >= landed[0], "a POST before the first message");
+        assert_woken(&self.relay, &self.token, landed);
     }
 
     fn assert_nothing_seen(&self) {
@@ -163,12 +132,53 @@ impl Site {
     }
 }
 
+/// Asserts that every landing has a POST after it within [`WITHIN`], and that no POST came
+/// without one: messages fetched together share a wakeup, so there may be fewer POSTs.
+fn assert_woken(relay: &Relay, token: &str, landed: &[Instant]) {
+    let covered = |posts: &[Instant]| {
+        landed
+            .iter()
+            .all(|l| posts.iter().any(|p| p >= l && *p - *l <= WITHIN))
+    };
+    let done = poll(Duration::from_secs(10), || {
+        covered(&relay.post_times(token))
+    });
+    let posts = relay.post_times(token);
+    for (i, l) in landed.iter().enumerate() {
+        assert!(
+            done.is_some() || posts.iter().any(|p| p >= l && *p - *l <= WITHIN),
+            "message {i} not woken within {WITHIN:?}; POSTs after it: {:?}",
+            posts
+                .iter()
+                .filter(|p| *p >= l)
+                .map(|p| *p - *l)
+                .collect::<Vec<_>>()
+        );
+    }
+    assert!(done.is_some());
+    assert!(posts.len() <= landed.len(), "a POST without a message");
+    assert!(posts[0] >= landed[0], "a POST before the first message");
+}
+
 struct Watcher {
     daemon: Daemon,
     stderr: PathBuf,
 }
 
 impl Watcher {
+    /// Starts `cmd`, its stdout and stderr in files of `dir`.
+    fn spawn(dir: &std::path::Path, mut cmd: Command) -> Watcher {
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let stderr = dir.join(format!("watcher-{n}.stderr"));
+        cmd.stdout(File::create(dir.join("watcher.stdout")).unwrap())
+            .stderr(File::create(&stderr).unwrap());
+        Watcher {
+            daemon: Daemon::spawn("deltapush-mda --watch", cmd),
+            stderr,
+        }
+    }
+
     fn stderr(&self) -> String {
         let text = fs::read_to_string(&self.stderr).unwrap_or_default();
         assert!(!text.contains(TOKEN_BODY), "a token shown: {text}");
@@ -875,8 +885,90 @@ fn xoauth2_with_a_token_from_the_command() {
     );
 }
 
+/// Courier-IMAP, the other IMAP server in Debian: TLS (socat) with the test's CA, PREAUTH, no
+/// UIDNEXT in its EXAMINE, IDLE from inotify. Every message woken, none marked \Seen, and a session
+/// killed while mail arrives.
+fn courier_every_message_woken_and_a_killed_session() {
+    // Under /tmp: the Courier root sees the host's /tmp and nothing else of it.
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let ca = Ca::new(&dir.path().join("ca"));
+    let courier = Courier::start(&dir.path().join("courier"), &ca);
+    let relay = Relay::start();
+    let sandbox = Sandbox::new();
+    let password = sandbox.write("password", "unused: PREAUTH\n");
+    fs::set_permissions(&password, fs::Permissions::from_mode(0o600)).unwrap();
+    let token = token(18);
+    let url = format!("imaps://me@127.0.0.1:{}", courier.port);
+    let deliver = |m: &[u8]| {
+        courier.deliver(m);
+        Instant::now()
+    };
+    // Mail from before the start wakes no one; a client has SELECTed the mailbox, so Courier
+    // keeps its UIDs.
+    deliver(&chat());
+    courier.select();
+    let mut cmd = sandbox.command();
+    cmd.args(["--watch", &url, "--interval", "0", "--url", &relay.url])
+        .arg("--password-file")
+        .arg(&password)
+        .arg(&token)
+        .env("SSL_CERT_FILE", &ca.cert);
+    let w = Watcher::spawn(dir.path(), cmd);
+    w.wait_line(
+        &format!("watching {url} with IDLE"),
+        Duration::from_secs(10),
+    );
+    let mut landed = vec![deliver(&chat())];
+    assert_woken(&relay, &token, &landed);
+    for gap in [30, 300, 1000] {
+        landed.push(deliver(&chat()));
+        std::thread::sleep(Duration::from_millis(gap));
+        landed.push(deliver(&chat()));
+        assert_woken(&relay, &token, &landed);
+    }
+    deliver(&bounce());
+    landed.push(deliver(&chat()));
+    assert_woken(&relay, &token, &landed);
+    for _ in 0..5 {
+        landed.push(deliver(&chat()));
+    }
+    assert_woken(&relay, &token, &landed);
+    let before = relay.posts().len();
+    assert_eq!(courier.kill_sessions(), 1);
+    let meanwhile = deliver(&chat());
+    let got = poll(Duration::from_secs(5), || relay.posts().len() > before);
+    assert!(
+        got.is_some(),
+        "not woken after the reconnect: {}",
+        w.stderr()
+    );
+    assert!(relay.post_times(&token)[before] > meanwhile);
+    let after = deliver(&chat());
+    landed.push(after);
+    assert_woken(&relay, &token, &landed);
+    assert_eq!(relay.posts().len(), before + 2, "none woken twice");
+    assert!(
+        courier.seen().is_empty(),
+        "marked \\Seen: {:?}",
+        courier.seen()
+    );
+    let (status, stderr) = w.terminate();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        stderr,
+        format!(
+            "{}{}{}",
+            line(&format!("watching {url} with IDLE")),
+            line(&format!(
+                "{url}: the server closed the connection; trying again in 1 s"
+            )),
+            line(&format!("watching {url} with IDLE")),
+        )
+    );
+}
+
 #[test]
-fn watch_against_dovecot() {
+fn watch_against_real_imap_servers() {
     run_cases(&[
         ("every_chat_message_is_woken", every_chat_message_is_woken),
         (
@@ -935,6 +1027,10 @@ fn watch_against_dovecot() {
         (
             "a_uidvalidity_change_starts_over_without_a_flood",
             a_uidvalidity_change_starts_over_without_a_flood,
+        ),
+        (
+            "courier_every_message_woken_and_a_killed_session",
+            courier_every_message_woken_and_a_killed_session,
         ),
     ]);
 }

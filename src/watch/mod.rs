@@ -414,6 +414,20 @@ fn open(
         transport.start_tls(tls, &url.host, deadline)?;
     }
     let mut s = Session::greet(transport, timeout)?;
+    if s.preauth {
+        // No STARTTLS after PREAUTH (RFC 3501): plain is for loopback only, as ever.
+        if url.security
+            == (Security::StartTls {
+                plain_allowed: false,
+            })
+        {
+            return Err(End::Fatal(Error::NoStartTls {
+                url: url.to_string(),
+            }));
+        }
+        s.capability()?;
+        return Ok(s);
+    }
     if let Security::StartTls { plain_allowed } = url.security {
         s.capability()?;
         if s.has(&Capability::StartTls) {

@@ -56,6 +56,9 @@ pub struct Session {
     next_tag: u32,
     timeout: Duration,
     pub capabilities: Vec<Capability<'static>>,
+    /// The greeting said PREAUTH: the transport authenticated the user already (an imapd behind
+    /// ssh or socat), so there is no login.
+    pub preauth: bool,
     /// Set by every EXISTS the server sends: new mail may be there.
     pub changed: bool,
     exists: u32,
@@ -86,6 +89,7 @@ impl Session {
             next_tag: 0,
             timeout,
             capabilities: Vec::new(),
+            preauth: false,
             changed: false,
             exists: 0,
             codes: Vec::new(),
@@ -105,6 +109,7 @@ impl Session {
                     if let Some(Code::Capability(caps)) = greeting.code {
                         s.capabilities = caps.into_iter().collect();
                     }
+                    s.preauth = greeting.kind == GreetingKind::PreAuth;
                     return Ok(s);
                 }
                 _ => continue,
