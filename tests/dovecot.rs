@@ -667,6 +667,27 @@ fn a_hung_relay_holds_up_no_delivery(v: Version) {
     assert_eq!(site.server.folder("gus", "INBOX").len(), 2);
 }
 
+fn a_hung_relay_holds_up_no_later_delivery_either(v: Version) {
+    let site = Site::new(v, &["hub"], Relay::always(Reply::Hang));
+    let token = phone_token(42, 924);
+    site.register_as_2_23("hub", &token);
+    site.deliver("hub", &plain(1));
+    site.wait_posts(1);
+    wait_for(PATIENCE, "the waiter to go", || {
+        waiters(site.dir.path()).is_empty()
+    });
+    assert_eq!(senders(site.dir.path()).len(), 1);
+    // The next message, while the first one's sender still waits for the relay.
+    let d = site.deliver("hub", &plain(2));
+    println!(
+        "hung relay, the next message: LMTP reply after {:.1} ms",
+        ms(d.took())
+    );
+    assert!(d.took() < Duration::from_secs(1), "{d:?}");
+    assert_eq!(site.server.folder("hub", "INBOX").len(), 2);
+    site.assert_quiet_log();
+}
+
 fn the_programs_keep_no_way_back_to_root(v: Version) {
     // Senders that stay: the relay never answers.
     let site = Site::new(v, &["ivy", "jay"], Relay::always(Reply::Hang));
@@ -1121,6 +1142,7 @@ on_both_versions!(
     every_post_comes_after_its_message_is_in_the_mailbox,
     the_lda_path_wakes_after_the_message_is_stored,
     a_hung_relay_holds_up_no_delivery,
+    a_hung_relay_holds_up_no_later_delivery_either,
     the_programs_keep_no_way_back_to_root,
     automatic_mail_and_users_without_a_token_run_nothing,
     nothing_about_the_token_stops_the_users_own_script,
