@@ -555,6 +555,24 @@ fn a_user_added_after_the_set_up_registers_and_is_woken(v: Version) {
     site.assert_quiet_log();
 }
 
+fn a_user_with_mail_before_the_first_login_registers_in_that_session(v: Version) {
+    let site = Site::new(v, &["old"], Relay::start());
+    site.server.add_user("pat");
+    // The welcome mail comes before the phone: no token, no program, and the sign of push.
+    site.deliver("pat", &plain(1));
+    assert!(!site.server.home("pat").join(".cache").exists());
+    let token = phone_token(5, 924);
+    assert_eq!(
+        site.login_as_2_65("pat", &token),
+        [metadata_line(Some("50"))]
+    );
+    assert_eq!(site.stored_token("pat"), token);
+    site.deliver("pat", &plain(2));
+    site.assert_posts(&[(&token, &site.mailbox("pat"))]);
+    assert_eq!(site.server.folder("pat", "INBOX").len(), 2);
+    site.assert_quiet_log();
+}
+
 fn every_post_comes_after_its_message_is_in_the_mailbox(v: Version) {
     let sizes = [1_000, 2_000_000, 10_000_000, 1_000, 2_000_000, 10_000_000];
     let users: Vec<String> = (0..sizes.len()).map(|n| format!("s{n}")).collect();
@@ -1139,6 +1157,7 @@ on_both_versions!(
     core_2_65_registers_once_the_server_has_the_sign_of_push,
     core_2_23_registers_with_a_literal_on_xdeltapush,
     a_user_added_after_the_set_up_registers_and_is_woken,
+    a_user_with_mail_before_the_first_login_registers_in_that_session,
     every_post_comes_after_its_message_is_in_the_mailbox,
     the_lda_path_wakes_after_the_message_is_stored,
     a_hung_relay_holds_up_no_delivery,
