@@ -942,14 +942,14 @@ fn lmtp_reply_times_with_and_without_a_token(v: Version) {
     names.push("none");
     let site = Site::new(v, &names, Relay::start());
     let tokens: Vec<String> = (0..10).map(|n| phone_token(70 + n, 924)).collect();
-    for (user, token) in names.iter().zip(&tokens) {
+    for (user, token) in users.iter().zip(&tokens) {
         site.register_as_2_23(user, token);
     }
     // Each a first delivery (a POST, no interval in play), taken in turns with one to a user
     // without a token, so that a change in the machine's load falls on both.
     let (mut with, mut without, mut to_post) = (Vec::new(), Vec::new(), Vec::new());
     let mut want = Vec::new();
-    for (n, (user, token)) in names.iter().zip(&tokens).enumerate() {
+    for (n, (user, token)) in users.iter().zip(&tokens).enumerate() {
         without.push(site.deliver("none", &plain(100 + n as u32)).took());
         let d = site.deliver(user, &plain(n as u32));
         with.push(d.took());
