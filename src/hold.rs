@@ -50,8 +50,11 @@ pub struct Held {
 
 /// A `--hold` run: the decision and the tokens of a delivery, held, and its waiter started.
 pub fn hold(config: &Config, header: Option<&[u8]>, out: &Output) -> Result<Outcome> {
-    let started = Instant::now();
     let cache = Cache::open(&config.cache_dir, true)?;
+    // A token's lock is held by its sender for as long as a POST takes: a delivery does not
+    // wait for that. What needs a lock that is taken (noting a remembered token as seen,
+    // telling a failure) is left to the next message.
+    let no_wait = Instant::now();
     let delivery = std::os::unix::process::parent_id();
     let path = held_path(&cache, delivery);
     if !run::wanted(config, header, out) {
@@ -67,11 +70,11 @@ pub fn hold(config: &Config, header: Option<&[u8]>, out: &Output) -> Result<Outc
         url: config.url.clone(),
         interval: config.interval,
         timeout: config.timeout,
-        tokens: run::tokens(&cache, config, started + config.timeout)?,
+        tokens: run::tokens(&cache, config, no_wait)?,
     };
     // The waiter's senders leave their failures in the token state; this run's stderr is the
     // one that reaches Dovecot's log.
-    run::report_failures(&cache, &held.tokens, out, started + config.timeout)?;
+    run::report_failures(&cache, &held.tokens, out, no_wait)?;
     sweep(cache.dir());
     cache::replace(&path, &held.render())?;
     let waiting = format!("{delivery}.{:016x}", held.nonce);

@@ -382,6 +382,20 @@ impl Site {
         assert_eq!(seen, expected, "the mailboxes as each POST arrived");
     }
 
+    /// [`Site::assert_posts`] for POSTs of separate senders, which may come in any order: the
+    /// `first` in order, then the `rest` in any.
+    fn assert_posts_then_any_order(&self, first: &[(&str, &str)], rest: &[(&str, &str)]) {
+        self.settle();
+        let bodies = self.relay.bodies();
+        let mut rest = rest.to_vec();
+        if let Some(later) = bodies.get(first.len()..) {
+            // Those received in the order received, any others after them (and then it fails).
+            rest.sort_by_key(|(token, _)| later.iter().position(|b| b == token));
+            rest.sort_by_key(|(token, _)| !later.iter().any(|b| b == token));
+        }
+        self.assert_posts(&[first, &rest].concat());
+    }
+
     /// What the program left in each cache dir (tokens left out) and the Dovecot log: for a
     /// failure's message.
     fn diagnosis(&self) -> String {
@@ -541,6 +555,24 @@ fn a_user_added_after_the_set_up_registers_and_is_woken(v: Version) {
     site.assert_quiet_log();
 }
 
+fn a_user_with_mail_before_the_first_login_registers_in_that_session(v: Version) {
+    let site = Site::new(v, &["old"], Relay::start());
+    site.server.add_user("pat");
+    // The welcome mail comes before the phone: no token, no program, and the sign of push.
+    site.deliver("pat", &plain(1));
+    assert!(!site.server.home("pat").join(".cache").exists());
+    let token = phone_token(5, 924);
+    assert_eq!(
+        site.login_as_2_65("pat", &token),
+        [metadata_line(Some("50"))]
+    );
+    assert_eq!(site.stored_token("pat"), token);
+    site.deliver("pat", &plain(2));
+    site.assert_posts(&[(&token, &site.mailbox("pat"))]);
+    assert_eq!(site.server.folder("pat", "INBOX").len(), 2);
+    site.assert_quiet_log();
+}
+
 fn every_post_comes_after_its_message_is_in_the_mailbox(v: Version) {
     let sizes = [1_000, 2_000_000, 10_000_000, 1_000, 2_000_000, 10_000_000];
     let users: Vec<String> = (0..sizes.len()).map(|n| format!("s{n}")).collect();
@@ -621,7 +653,7 @@ fn a_hung_relay_holds_up_no_delivery(v: Version) {
     );
     site.assert_quiet_log();
     // After its --timeout (the script's default, 15 s) it gives up, and leaves its failure in
-    // the token state for the next run and `--check`: nothing in the log.
+    // the token state: nothing in the log yet (no one reads its lines).
     let state = cache_dir.join(sha256_hex(token.as_bytes()));
     let gave_up = site.settle();
     println!(
@@ -629,12 +661,48 @@ fn a_hung_relay_holds_up_no_delivery(v: Version) {
         gave_up.as_secs_f64()
     );
     let text = fs::read_to_string(&state).unwrap();
-    assert_eq!(
-        text.lines().filter(|l| l.starts_with("failed ")).count(),
-        1,
-        "{}",
-        text.replace(&token, "<the token>")
+    let failed: Vec<&str> = text.lines().filter(|l| l.starts_with("failed ")).collect();
+    assert_eq!(failed.len(), 1, "{}", text.replace(&token, "<the token>"));
+    let why = failed[0].splitn(3, ' ').nth(2).unwrap().to_string();
+    site.assert_quiet_log();
+    // The next message's --hold tells it, in one line, once; its own wakeup goes to a sender
+    // of its own.
+    let d = site.deliver("gus", &plain(2));
+    assert!(d.took() < Duration::from_secs(1), "{d:?}");
+    let complaints = site.complaints();
+    let head = format!(
+        " lmtp: Error: deltapush-mda: token {}: the deferred wakeup of ",
+        common::shown(&token)
     );
+    assert!(
+        complaints.len() == 1
+            && complaints[0].contains(&head)
+            && complaints[0].ends_with(&format!(" was not sent: {why}")),
+        "{complaints:#?}"
+    );
+    assert!(!fs::read_to_string(&state).unwrap().contains("\nfailed "));
+    site.wait_posts(2);
+    assert_eq!(site.server.folder("gus", "INBOX").len(), 2);
+}
+
+fn a_hung_relay_holds_up_no_later_delivery_either(v: Version) {
+    let site = Site::new(v, &["hub"], Relay::always(Reply::Hang));
+    let token = phone_token(42, 924);
+    site.register_as_2_23("hub", &token);
+    site.deliver("hub", &plain(1));
+    site.wait_posts(1);
+    wait_for(PATIENCE, "the waiter to go", || {
+        waiters(site.dir.path()).is_empty()
+    });
+    assert_eq!(senders(site.dir.path()).len(), 1);
+    // The next message, while the first one's sender still waits for the relay.
+    let d = site.deliver("hub", &plain(2));
+    println!(
+        "hung relay, the next message: LMTP reply after {:.1} ms",
+        ms(d.took())
+    );
+    assert!(d.took() < Duration::from_secs(1), "{d:?}");
+    assert_eq!(site.server.folder("hub", "INBOX").len(), 2);
     site.assert_quiet_log();
 }
 
@@ -761,6 +829,32 @@ fn nothing_about_the_token_stops_the_users_own_script(v: Version) {
     assert!(chats.iter().all(|m| m.flags() == "F"), "{chats:?}");
 }
 
+fn one_lmtp_transaction_for_several_users_wakes_each(v: Version) {
+    let users = ["kim", "lou", "max"];
+    let site = Site::new(v, &users, Relay::start());
+    let kim = phone_token(81, 924);
+    let lou = phone_token(82, 908);
+    site.register_as_2_23("kim", &kim);
+    site.register_as_2_23("lou", &lou);
+    // As a mail server hands over a message to several local users: one process delivers to
+    // each in turn, and max has no token.
+    let to: Vec<String> = users.iter().map(|u| MailServer::address(u)).collect();
+    let to: Vec<&str> = to.iter().map(String::as_str).collect();
+    let mut lmtp = Lmtp::connect(site.server.lmtp_port);
+    for d in lmtp.deliver_to_all("alice@example.net", &to, &plain(1)) {
+        assert!(d.reply.starts_with("250 2.0.0 "), "{d:?}");
+    }
+    site.assert_posts_then_any_order(
+        &[],
+        &[(&kim, &site.mailbox("kim")), (&lou, &site.mailbox("lou"))],
+    );
+    for user in users {
+        assert_eq!(site.server.folder(user, "INBOX").len(), 1, "{user}");
+    }
+    assert!(!site.server.home("max").join(".cache").exists());
+    site.assert_quiet_log();
+}
+
 fn a_second_device_is_woken_too(v: Version) {
     let site = Site::new(v, &["fay"], Relay::start());
     let a = phone_token(31, 924);
@@ -783,11 +877,7 @@ fn a_second_device_is_woken_too(v: Version) {
     site.settle();
     let second = site.mailbox("fay");
     // Each token has a sender of its own: the two POSTs come in either order.
-    let mut last: Vec<&str> = vec![&a, &b];
-    if site.relay.bodies().last() == Some(&a) {
-        last.reverse();
-    }
-    site.assert_posts(&[(&a, &first), (last[0], &second), (last[1], &second)]);
+    site.assert_posts_then_any_order(&[(&a, &first)], &[(&a, &second), (&b, &second)]);
     assert_eq!(site.server.folder("fay", "INBOX").len(), 2);
     site.assert_quiet_log();
 }
@@ -852,14 +942,14 @@ fn lmtp_reply_times_with_and_without_a_token(v: Version) {
     names.push("none");
     let site = Site::new(v, &names, Relay::start());
     let tokens: Vec<String> = (0..10).map(|n| phone_token(70 + n, 924)).collect();
-    for (user, token) in names.iter().zip(&tokens) {
+    for (user, token) in users.iter().zip(&tokens) {
         site.register_as_2_23(user, token);
     }
     // Each a first delivery (a POST, no interval in play), taken in turns with one to a user
     // without a token, so that a change in the machine's load falls on both.
     let (mut with, mut without, mut to_post) = (Vec::new(), Vec::new(), Vec::new());
     let mut want = Vec::new();
-    for (n, (user, token)) in names.iter().zip(&tokens).enumerate() {
+    for (n, (user, token)) in users.iter().zip(&tokens).enumerate() {
         without.push(site.deliver("none", &plain(100 + n as u32)).took());
         let d = site.deliver(user, &plain(n as u32));
         with.push(d.took());
@@ -1067,12 +1157,15 @@ on_both_versions!(
     core_2_65_registers_once_the_server_has_the_sign_of_push,
     core_2_23_registers_with_a_literal_on_xdeltapush,
     a_user_added_after_the_set_up_registers_and_is_woken,
+    a_user_with_mail_before_the_first_login_registers_in_that_session,
     every_post_comes_after_its_message_is_in_the_mailbox,
     the_lda_path_wakes_after_the_message_is_stored,
     a_hung_relay_holds_up_no_delivery,
+    a_hung_relay_holds_up_no_later_delivery_either,
     the_programs_keep_no_way_back_to_root,
     automatic_mail_and_users_without_a_token_run_nothing,
     nothing_about_the_token_stops_the_users_own_script,
+    one_lmtp_transaction_for_several_users_wakes_each,
     a_second_device_is_woken_too,
     a_message_inside_the_interval_is_stored_at_once_and_woken_at_its_end,
     lmtp_reply_times_with_and_without_a_token,

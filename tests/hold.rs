@@ -159,9 +159,20 @@ fn a_hung_relay_holds_up_neither_the_delivery_nor_the_commit() {
         "{:?}",
         started.elapsed()
     );
-    // The sender is the one that waits on the relay.
+    // The sender is the one that waits on the relay, holding the token's lock.
     assert!(poll(PATIENCE, || !relay.requests().is_empty()).is_some());
     assert_eq!(senders(sandbox.home.path()).len(), 1);
+    // The next delivery does not wait for that lock.
+    let next = Instant::now();
+    assert_eq!(
+        hold(&sandbox, &relay, chat(), &["--remember", "--", &tok]),
+        (0, token_line(&tok, "held until the message is stored"))
+    );
+    assert!(
+        next.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        next.elapsed()
+    );
     kill_senders(sandbox.home.path());
 }
 

@@ -2,6 +2,7 @@
 //! IMAP over TLS on a free port of 127.0.0.1, stopped when dropped.
 
 use std::fs;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -414,7 +415,7 @@ impl MailServer {
             passwd.push_str(&passwd_line(user, &mail_user, &home));
         }
         fs::write(d("passwd"), passwd).unwrap();
-        let (imap_port, lmtp_port) = (free_port(), free_port());
+        let (imap_port, lmtp_port) = two_free_ports();
         let (unprivileged, login_chroot) = unprivileged_conf(&mail_user);
         let config = match version {
             Version::V23 => format!(
@@ -559,6 +560,16 @@ impl MailServer {
         }
         stored(&maildir)
     }
+}
+
+/// Two ports of 127.0.0.1 that were free a moment ago, and not the same one: [`free_port`]
+/// twice may give the same port twice (the kernel hands out again a port it just took back),
+/// and Dovecot refuses a duplicate listener. Both are held while they are picked.
+fn two_free_ports() -> (u16, u16) {
+    let port = |l: &TcpListener| l.local_addr().unwrap().port();
+    let first = TcpListener::bind("127.0.0.1:0").unwrap();
+    let second = TcpListener::bind("127.0.0.1:0").unwrap();
+    (port(&first), port(&second))
 }
 
 /// A user's line of the passwd-file.

@@ -127,10 +127,19 @@ impl Lmtp {
     /// Hands over `message` (bare LF or CRLF) for one recipient and waits for its reply,
     /// which must be 250.
     pub fn deliver(&mut self, from: &str, to: &str, message: &[u8]) -> Delivery {
+        self.deliver_to_all(from, &[to], message).remove(0)
+    }
+
+    /// Hands over `message` for every recipient of `to` in one transaction, as a mail server
+    /// does for several local recipients, and waits for their replies (LMTP gives one each,
+    /// in order), which must be 250.
+    pub fn deliver_to_all(&mut self, from: &str, to: &[&str], message: &[u8]) -> Vec<Delivery> {
         self.conn.send(format!("MAIL FROM:<{from}>\r\n").as_bytes());
         self.expect(250);
-        self.conn.send(format!("RCPT TO:<{to}>\r\n").as_bytes());
-        self.expect(250);
+        for to in to {
+            self.conn.send(format!("RCPT TO:<{to}>\r\n").as_bytes());
+            self.expect(250);
+        }
         self.conn.send(b"DATA\r\n");
         self.expect(354);
         let mut data = Vec::with_capacity(message.len() + 64);
@@ -151,12 +160,16 @@ impl Lmtp {
         self.conn
             .transcript
             .push_str(&format!("C: ({lines} lines of data)\nC: .\n"));
-        let reply = self.expect(250);
-        Delivery {
-            sent,
-            replied: Instant::now(),
-            reply,
-        }
+        to.iter()
+            .map(|_| {
+                let reply = self.expect(250);
+                Delivery {
+                    sent,
+                    replied: Instant::now(),
+                    reply,
+                }
+            })
+            .collect()
     }
 }
 
