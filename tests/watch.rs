@@ -14,7 +14,8 @@ use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use common::courier::Courier;
-use common::dovecot::{Dovecot, USER, Variant};
+use common::dovecot::{Dovecot, MailServer, USER, Variant, Version};
+use common::lmtp::Lmtp;
 use common::realmail::{Ca, Daemon, MailUser, poll, wait_for};
 use common::{Relay, Sandbox, TOKEN_BODY, bounce, chat, line, run_cases, token};
 
@@ -967,6 +968,67 @@ fn courier_every_message_woken_and_a_killed_session() {
     );
 }
 
+/// Both Dovecots of the Dovecot route (the host's 2.3 and Debian 13's 2.4 under chroot), mail
+/// handed over through LMTP as a mail server does, IMAP in plain to loopback (the server offers
+/// no STARTTLS, which `imap://` allows only there).
+fn both_dovecots_with_mail_through_lmtp() {
+    for version in [Version::V23, Version::V24] {
+        let dir = version.tempdir("deltapush-watch-");
+        let server = MailServer::start(version, dir.path(), MailUser::get(), &["me"], &[]);
+        let relay = Relay::start();
+        let sandbox = Sandbox::new();
+        let password = sandbox.write("password", MailServer::password_of("me") + "\n");
+        fs::set_permissions(&password, fs::Permissions::from_mode(0o600)).unwrap();
+        let token = token(19);
+        let url = format!(
+            "imap://{}@127.0.0.1:{}",
+            MailServer::address("me").replace('@', "%40"),
+            server.imap_port
+        );
+        let mut lmtp = Lmtp::connect(server.lmtp_port);
+        let mut deliver = |m: &[u8]| {
+            lmtp.deliver("alice@example.net", &MailServer::address("me"), m)
+                .replied
+        };
+        // Mail from before the start wakes no one.
+        deliver(&chat());
+        let mut cmd = sandbox.command();
+        cmd.args(["--watch", &url, "--interval", "0", "--url", &relay.url])
+            .arg("--password-file")
+            .arg(&password)
+            .arg(&token);
+        let w = Watcher::spawn(dir.path(), cmd);
+        w.wait_line(
+            &format!("watching {url} with IDLE"),
+            Duration::from_secs(10),
+        );
+        let mut landed = vec![deliver(&chat())];
+        assert_woken(&relay, &token, &landed);
+        for gap in [30, 520] {
+            landed.push(deliver(&chat()));
+            std::thread::sleep(Duration::from_millis(gap));
+            landed.push(deliver(&chat()));
+            assert_woken(&relay, &token, &landed);
+        }
+        deliver(&bounce());
+        landed.push(deliver(&chat()));
+        assert_woken(&relay, &token, &landed);
+        let messages = server.folder("me", "INBOX");
+        assert_eq!(messages.len(), 8, "{version:?}");
+        assert!(
+            messages.iter().all(|m| !m.seen),
+            "{version:?}: {messages:?}"
+        );
+        let (status, stderr) = w.terminate();
+        assert_eq!(status.code(), Some(0), "{version:?}");
+        assert_eq!(
+            stderr,
+            line(&format!("watching {url} with IDLE")),
+            "{version:?}"
+        );
+    }
+}
+
 #[test]
 fn watch_against_real_imap_servers() {
     run_cases(&[
@@ -1031,6 +1093,10 @@ fn watch_against_real_imap_servers() {
         (
             "courier_every_message_woken_and_a_killed_session",
             courier_every_message_woken_and_a_killed_session,
+        ),
+        (
+            "both_dovecots_with_mail_through_lmtp",
+            both_dovecots_with_mail_through_lmtp,
         ),
     ]);
 }
