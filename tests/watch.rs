@@ -461,6 +461,47 @@ fn a_mailbox_that_cannot_be_opened_is_one_line_and_exit_78() {
     );
 }
 
+/// A password command that fails is retried with the backoff, said once; the password command
+/// is run at every login, so a fixed one is picked up by the next try.
+fn a_failing_password_command_is_retried_without_a_flood() {
+    let site = Site::new(Variant::default());
+    let helper = site.sandbox.write("helper", "#!/bin/sh\nexit 3\n");
+    fs::set_permissions(&helper, fs::Permissions::from_mode(0o700)).unwrap();
+    let mut cmd = site.sandbox.command();
+    cmd.arg("--watch")
+        .arg(site.url())
+        .arg("--password-command")
+        .arg(&helper)
+        .args(["--interval", "0", "--url", &site.relay.url])
+        .arg(&site.token)
+        .env("SSL_CERT_FILE", &site.ca.cert);
+    let w = site.watch_unready(cmd);
+    let failed = line(&format!(
+        "{}: --password-command: failed (exit status: 3); trying again in 1 s",
+        site.url()
+    ));
+    wait_for(Duration::from_secs(5), "the failed command's line", || {
+        w.stderr() == failed
+    });
+    // Fixed before the retry after 1 s (or the one after 3 s): it logs in.
+    // Renamed into place: the watcher may be running the old one at this very moment.
+    let fixed = site.sandbox.write(
+        "helper.new",
+        format!("#!/bin/sh\necho {}\n", site.dc.password),
+    );
+    fs::set_permissions(&fixed, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::rename(&fixed, &helper).unwrap();
+    w.wait_line(&format!("watching {}", site.url()), Duration::from_secs(8));
+    let landed = site.deliver(&chat());
+    site.assert_woken(&[landed]);
+    let (status, stderr) = w.terminate();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        stderr.starts_with(&failed) && stderr.ends_with(&watching(&site)),
+        "{stderr}"
+    );
+}
+
 fn starttls_with_a_private_ca() {
     let site = Site::new(Variant {
         starttls: true,
@@ -1056,6 +1097,10 @@ fn watch_against_real_imap_servers() {
         (
             "a_mailbox_that_cannot_be_opened_is_one_line_and_exit_78",
             a_mailbox_that_cannot_be_opened_is_one_line_and_exit_78,
+        ),
+        (
+            "a_failing_password_command_is_retried_without_a_flood",
+            a_failing_password_command_is_retried_without_a_flood,
         ),
         ("starttls_with_a_private_ca", starttls_with_a_private_ca),
         (
