@@ -601,7 +601,10 @@ fn every_post_comes_after_its_message_is_in_the_mailbox(v: Version) {
         );
         want.push(inbox.to_string());
     }
-    println!("sizes {sizes:?}: delivery to POST {} ms", shown(&to_post));
+    println!(
+        "{v:?} sizes {sizes:?}: delivery to POST {} ms",
+        shown(&to_post)
+    );
     let want: Vec<(&str, &str)> = tokens
         .iter()
         .map(String::as_str)
@@ -616,7 +619,7 @@ fn the_lda_path_wakes_after_the_message_is_stored(v: Version) {
     let token = phone_token(4, 924);
     site.register_as_2_23("cid", &token);
     let took = site.deliver_lda("cid", &sized(1, 2_000_000));
-    println!("dovecot-lda: {:.0} ms", ms(took));
+    println!("{v:?} dovecot-lda: {:.0} ms", ms(took));
     site.assert_posts(&[(&token, &site.mailbox("cid"))]);
     assert_eq!(site.server.folder("cid", "INBOX").len(), 1);
     site.assert_quiet_log();
@@ -627,7 +630,7 @@ fn a_hung_relay_holds_up_no_delivery(v: Version) {
     let token = phone_token(41, 924);
     site.register_as_2_23("gus", &token);
     let d = site.deliver("gus", &plain(1));
-    println!("hung relay: LMTP reply after {:.1} ms", ms(d.took()));
+    println!("{v:?} hung relay: LMTP reply after {:.1} ms", ms(d.took()));
     assert!(d.took() < Duration::from_secs(1), "{d:?}");
     assert_eq!(site.server.folder("gus", "INBOX").len(), 1);
     // The relay was asked once the message was there, and the token's sender is the one
@@ -657,7 +660,7 @@ fn a_hung_relay_holds_up_no_delivery(v: Version) {
     let state = cache_dir.join(sha256_hex(token.as_bytes()));
     let gave_up = site.settle();
     println!(
-        "hung relay: the sender gave up after {:.1} s more",
+        "{v:?} hung relay: the sender gave up after {:.1} s more",
         gave_up.as_secs_f64()
     );
     let text = fs::read_to_string(&state).unwrap();
@@ -698,7 +701,7 @@ fn a_hung_relay_holds_up_no_later_delivery_either(v: Version) {
     // The next message, while the first one's sender still waits for the relay.
     let d = site.deliver("hub", &plain(2));
     println!(
-        "hung relay, the next message: LMTP reply after {:.1} ms",
+        "{v:?} hung relay, the next message: LMTP reply after {:.1} ms",
         ms(d.took())
     );
     assert!(d.took() < Duration::from_secs(1), "{d:?}");
@@ -903,7 +906,7 @@ fn a_message_inside_the_interval_is_stored_at_once_and_woken_at_its_end(v: Versi
 
     let d = site.deliver("hal", &plain(2));
     println!(
-        "inside the interval: LMTP reply after {:.1} ms",
+        "{v:?} inside the interval: LMTP reply after {:.1} ms",
         ms(d.took())
     );
     assert!(d.took() < Duration::from_secs(1), "{d:?}");
@@ -919,7 +922,7 @@ fn a_message_inside_the_interval_is_stored_at_once_and_woken_at_its_end(v: Versi
     site.assert_posts(&[(&token, &first), (&token, &second)]);
     let at = site.relay.posts()[1].at;
     println!(
-        "inside the interval: the deferred POST {:.0} ms after the interval's end",
+        "{v:?} inside the interval: the deferred POST {:.0} ms after the interval's end",
         ms(at.saturating_duration_since(end_at))
     );
     // The clocks of the stamp and of the relay may differ by a little.
@@ -960,7 +963,7 @@ fn lmtp_reply_times_with_and_without_a_token(v: Version) {
     }
     let (w, wo) = (median(with.clone()), median(without.clone()));
     println!(
-        "LMTP reply: median {:.1} ms with a token, {:.1} ms without ({:+.1} ms); \
+        "{v:?} LMTP reply: median {:.1} ms with a token, {:.1} ms without ({:+.1} ms); \
          with: {} ms; without: {} ms; delivery to POST: median {:.1} ms ({} ms)",
         ms(w),
         ms(wo),
