@@ -60,6 +60,12 @@ pub fn run(config: &Config) -> Outcome {
     check_cache(config, &mut r);
     r.ok(&format!("url {}", config.url));
     check_relay(&config.url, deadline, &mut r);
+    for line in crate::watch::check(config) {
+        match line {
+            Ok(what) => r.ok(&what),
+            Err((code, what)) => r.fail(code, &what),
+        }
+    }
     r.outcome()
 }
 

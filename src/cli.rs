@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueHint};
+use clap::{Parser, ValueEnum, ValueHint};
 
 pub const DEFAULT_URL: &str = "https://notifications.delta.chat/notify";
 
@@ -113,10 +113,33 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, value_hint = ValueHint::Other)]
     pub max_age: Option<Duration>,
 
-    /// Send nothing; check the tokens, the cache dir and the way to the relay, one line each,
-    /// and exit 0 only if all is well
+    /// Send nothing; check the tokens, the cache dir and the way to the relay (and with --watch
+    /// the login and the mailbox), one line each, and exit 0 only if all is well
     #[arg(long, conflicts_with = "dry_run")]
     pub check: bool,
+
+    /// Keep watching this IMAP mailbox and wake the tokens for every new message in it:
+    /// imaps://USER@HOST[:PORT][/MAILBOX] (TLS, port 993) or imap://… (STARTTLS, port 143).
+    /// MAILBOX is INBOX unless given; %40 in USER stands for @. Reads no standard input
+    #[arg(long, value_name = "URL", env = "DELTAPUSH_WATCH", value_hint = ValueHint::Url,
+          conflicts_with_all = ["dry_run", "tempfail", "hold"])]
+    pub watch: Option<String>,
+
+    /// With --watch: the IMAP password is the first line of this file (only its owner may read it)
+    #[arg(long, value_name = "PATH", env = "DELTAPUSH_PASSWORD_FILE",
+          value_hint = ValueHint::FilePath, requires = "watch")]
+    pub password_file: Option<PathBuf>,
+
+    /// With --watch: run this shell command at every login; the first line of its output is the
+    /// password, or the OAuth 2 access token with --auth xoauth2
+    #[arg(long, value_name = "CMD", env = "DELTAPUSH_PASSWORD_COMMAND",
+          value_hint = ValueHint::CommandString, requires = "watch", conflicts_with = "password_file")]
+    pub password_command: Option<String>,
+
+    /// With --watch: how to log in
+    #[arg(long, value_name = "MECHANISM", value_enum, env = "DELTAPUSH_AUTH",
+          default_value_t = Auth::Password, requires = "watch")]
+    pub auth: Auth,
 
     /// Print one line per decision on standard error
     #[arg(short, long, conflicts_with = "quiet")]
@@ -141,6 +164,15 @@ pub struct Cli {
     /// the token's interval to end and posts it. Not for people.
     #[arg(long, hide = true, conflicts_with_all = ["check", "dry_run", "remember", "hold"])]
     pub send_deferred: bool,
+}
+
+/// How the watcher logs in to the IMAP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Auth {
+    /// IMAP LOGIN with the user and password
+    Password,
+    /// SASL XOAUTH2 with an OAuth 2 access token (Gmail, Outlook), from --password-command
+    Xoauth2,
 }
 
 /// A held wakeup: the delivering process, and the nonce of its record.

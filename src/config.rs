@@ -4,11 +4,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{Cli, Waiting};
+use crate::cli::{Auth, Cli, Waiting};
 use crate::error::{Error, Result};
 use crate::message::Rules;
 use crate::relay::Url;
 use crate::token::{self, Token};
+use crate::watch::WatchUrl;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -20,6 +21,7 @@ pub enum Mode {
     /// Wait for the delivering process to store the message, then wake what was held.
     WaitStored(Waiting),
     SendDeferred,
+    Watch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -45,6 +47,23 @@ pub struct Config {
     pub rules: Rules,
     pub tempfail: bool,
     pub verbosity: Verbosity,
+    /// Set with --watch, in every mode that takes it.
+    pub watch: Option<Watch>,
+}
+
+/// What `--watch` watches, and how it logs in.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    pub url: WatchUrl,
+    pub secret: Secret,
+    pub auth: Auth,
+}
+
+/// Where the IMAP password (or OAuth token) comes from; read again at every login.
+#[derive(Debug, Clone)]
+pub enum Secret {
+    File(PathBuf),
+    Command(String),
 }
 
 /// The default cache dir: `$XDG_CACHE_HOME/deltapush-mda`, else `~/.cache/deltapush-mda`.
@@ -69,7 +88,24 @@ impl Config {
             _ if cli.send_deferred => Mode::SendDeferred,
             _ if cli.hold => Mode::Hold,
             Some(waiting) => Mode::WaitStored(waiting),
+            None if cli.watch.is_some() => Mode::Watch,
             None => Mode::Deliver,
+        };
+        let watch = match &cli.watch {
+            None => None,
+            Some(url) => Some(Watch {
+                url: WatchUrl::parse(url)?,
+                secret: match (cli.password_file, cli.password_command) {
+                    (Some(path), _) => {
+                        // Checked now, so a wrong file stops the start and not the first login.
+                        crate::watch::read_password_file(&path)?;
+                        Secret::File(path)
+                    }
+                    (None, Some(cmd)) => Secret::Command(cmd),
+                    (None, None) => return Err(Error::NoPassword),
+                },
+                auth: cli.auth,
+            }),
         };
         let mut tokens = Vec::new();
         for arg in &cli.tokens {
@@ -112,6 +148,7 @@ impl Config {
                 Verbosity::Normal if mode == Mode::DryRun => Verbosity::Verbose,
                 v => v,
             },
+            watch,
         })
     }
 }

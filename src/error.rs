@@ -47,6 +47,46 @@ pub enum Error {
     DeferredInput,
     /// Started with a way back to another user, which could not be given up.
     Privileges(Kept),
+    WatchUrl {
+        url: String,
+        problem: WatchUrlProblem,
+    },
+    /// --watch without --password-file or --password-command.
+    NoPassword,
+    PasswordFile {
+        path: PathBuf,
+        problem: FileProblem,
+    },
+    /// The IMAP server said no to the login: trying again with the same secret cannot help.
+    LoginRefused {
+        url: String,
+        said: String,
+    },
+    /// EXAMINE failed: no such mailbox, or not one this user may read.
+    NoMailbox {
+        url: String,
+        said: String,
+    },
+    /// An imap:// server over a network that offers no STARTTLS.
+    NoStartTls {
+        url: String,
+    },
+    /// Another watcher watches the same mailbox with the same cache dir.
+    WatchBusy {
+        url: String,
+    },
+    /// The watcher could not set up its SIGTERM handling or its TLS.
+    WatchSetup(String),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum WatchUrlProblem {
+    Scheme,
+    NoUser,
+    Password,
+    NoHost,
+    Port,
+    Encoding,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -85,6 +125,14 @@ impl Error {
             | Error::CacheDir { .. }
             | Error::Cache { .. } => exit::CONFIG,
             Error::Input(_) => exit::IOERR,
+            Error::NoPassword => exit::USAGE,
+            Error::WatchUrl { .. } | Error::PasswordFile { .. } | Error::NoMailbox { .. } => {
+                exit::CONFIG
+            }
+            Error::LoginRefused { .. } => exit::NOPERM,
+            Error::NoStartTls { .. } | Error::WatchBusy { .. } | Error::WatchSetup(_) => {
+                exit::UNAVAILABLE
+            }
             Error::Privileges(_) => exit::NOPERM,
         }
     }
@@ -127,18 +175,11 @@ impl fmt::Display for Error {
             Error::Token { at, problem } => write!(f, "{}{problem}", location(at)),
             Error::TokenFile { path, problem } => {
                 write!(f, "--token-file {}: ", path.display())?;
-                match problem {
-                    FileProblem::Io(e) => write!(f, "{e}"),
-                    FileProblem::NotRegular => f.write_str("not a regular file"),
-                    FileProblem::WorldWritable => {
-                        write!(
-                            f,
-                            "writable by every user; run: chmod o-w {}",
-                            path.display()
-                        )
-                    }
-                    FileProblem::TooBig(len) => write!(f, "{len} bytes, too big for a token file"),
-                }
+                file_problem(f, path, problem, "a token file")
+            }
+            Error::PasswordFile { path, problem } => {
+                write!(f, "--password-file {}: ", path.display())?;
+                file_problem(f, path, problem, "a password file")
             }
             Error::Url { url, problem } => {
                 let why = match problem {
@@ -168,6 +209,39 @@ impl fmt::Display for Error {
             }
             Error::Input(e) => write!(f, "reading the message from standard input: {e}"),
             Error::DeferredInput => f.write_str("--send-deferred: no token on standard input"),
+            Error::WatchUrl { url, problem } => {
+                let why = match problem {
+                    WatchUrlProblem::Scheme => "use imaps://USER@HOST[:PORT][/MAILBOX] or imap://…",
+                    WatchUrlProblem::NoUser => "no user: imaps://USER@HOST",
+                    WatchUrlProblem::Password => {
+                        "a password in the URL; give it with --password-file or --password-command"
+                    }
+                    WatchUrlProblem::NoHost => "no host",
+                    WatchUrlProblem::Port => "not a valid port",
+                    WatchUrlProblem::Encoding => "a bad %-escape",
+                };
+                write!(f, "--watch {url}: {why}")
+            }
+            Error::NoPassword => {
+                f.write_str("--watch needs --password-file PATH or --password-command CMD")
+            }
+            Error::LoginRefused { url, said } => write!(
+                f,
+                "{url}: the server refused the login: {said}; fix the password, then start again"
+            ),
+            Error::NoMailbox { url, said } => {
+                write!(f, "{url}: the server cannot open the mailbox: {said}")
+            }
+            Error::NoStartTls { url } => write!(
+                f,
+                "{url}: the server offers no STARTTLS, and the password must not travel in clear; \
+                 use imaps://"
+            ),
+            Error::WatchBusy { url } => write!(
+                f,
+                "{url}: another deltapush-mda --watch watches this mailbox with this cache dir"
+            ),
+            Error::WatchSetup(why) => write!(f, "--watch: {why}"),
             Error::Privileges(Kept { kind, ids, source }) => write!(
                 f,
                 "started with real {kind} {}, effective {}, saved {}, and could not make them all \
@@ -175,6 +249,30 @@ impl fmt::Display for Error {
                 ids.real, ids.effective, ids.saved, ids.effective
             ),
         }
+    }
+}
+
+/// Why a token or password file cannot be used.
+fn file_problem(
+    f: &mut fmt::Formatter<'_>,
+    path: &std::path::Path,
+    problem: &FileProblem,
+    what: &str,
+) -> fmt::Result {
+    match problem {
+        FileProblem::Io(e) => write!(f, "{e}"),
+        FileProblem::NotRegular => f.write_str("not a regular file"),
+        FileProblem::WorldWritable => write!(
+            f,
+            "writable by every user; run: chmod o-w {}",
+            path.display()
+        ),
+        FileProblem::WorldReadable => write!(
+            f,
+            "readable by every user; run: chmod o-rw {}",
+            path.display()
+        ),
+        FileProblem::TooBig(len) => write!(f, "{len} bytes, too big for {what}"),
     }
 }
 
@@ -190,6 +288,10 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::TokenFile {
+                problem: FileProblem::Io(e),
+                ..
+            }
+            | Error::PasswordFile {
                 problem: FileProblem::Io(e),
                 ..
             }

@@ -8,7 +8,7 @@ pub const UNAVAILABLE: u8 = 69;
 /// EX_IOERR: standard input could not be read.
 pub const IOERR: u8 = 74;
 /// EX_NOPERM: started with a way back to another user (a real or saved uid or gid other than the
-/// effective one) that could not be given up.
+/// effective one) that could not be given up; or the IMAP server refused the watcher's login.
 pub const NOPERM: u8 = 77;
 /// EX_TEMPFAIL: a token could not be notified and `--tempfail` asks the caller to retry.
 pub const TEMPFAIL: u8 = 75;
@@ -33,7 +33,8 @@ pub const STATUSES: &[Status] = &[
     },
     Status {
         code: UNAVAILABLE,
-        meaning: "--check could not reach the relay, or found a deferred wakeup that was not sent",
+        meaning: "--check could not reach the relay, or found a deferred wakeup that was not sent; \
+                  --watch: an imap:// server without STARTTLS, or another watcher on the same mailbox",
     },
     Status {
         code: IOERR,
@@ -46,11 +47,12 @@ pub const STATUSES: &[Status] = &[
     Status {
         code: NOPERM,
         meaning: "started with a real or saved uid or gid other than the effective one, and could \
-                  not give it up: nothing was read or sent",
+                  not give it up: nothing was read or sent; --watch: the IMAP server refused the login",
     },
     Status {
         code: CONFIG,
-        meaning: "configuration: cache dir not usable, insecure --url, unreadable --token-file",
+        meaning: "configuration: cache dir not usable, insecure --url, unreadable --token-file; \
+                  --watch: a bad URL, an unusable --password-file, a mailbox that cannot be opened",
     },
 ];
 

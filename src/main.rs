@@ -15,6 +15,7 @@ mod relay;
 mod run;
 mod token;
 mod wakeup;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -52,10 +53,11 @@ fn main() -> ExitCode {
     };
     let check = cli.check;
     // A pipe writer must see its message consumed even when the configuration is wrong.
-    let header = match cli.check || cli.send_deferred || cli.wait_stored.is_some() {
-        true => Ok(None),
-        false => message::read_stdin(),
-    };
+    let header =
+        match cli.check || cli.send_deferred || cli.wait_stored.is_some() || cli.watch.is_some() {
+            true => Ok(None),
+            false => message::read_stdin(),
+        };
     let config = match Config::resolve(cli) {
         Ok(config) => config,
         Err(e) if check => return exit(Ok(check::failed(&e)), &out, false),
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
         Mode::Hold => header
             .map_err(Error::Input)
             .and_then(|header| hold::hold(&config, header.as_deref(), &out)),
+        Mode::Watch => watch::run(&config, &out),
         Mode::Deliver | Mode::DryRun => header
             .map_err(Error::Input)
             .and_then(|header| run::deliver(&config, header.as_deref(), &out)),

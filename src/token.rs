@@ -158,33 +158,10 @@ pub fn dedup(tokens: impl IntoIterator<Item = Token>) -> Vec<Token> {
 
 /// Reads a token file: one token per line, blank lines and `#` comments ignored.
 pub fn read_file(path: &Path) -> Result<Vec<Token>, Error> {
-    let file_error = |problem| Error::TokenFile {
+    let text = read_checked(path, false).map_err(|problem| Error::TokenFile {
         path: path.to_path_buf(),
         problem,
-    };
-    // O_NONBLOCK so that a FIFO put in place of the file cannot hang the open; it is refused below.
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| file_error(FileProblem::Io(e)))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| file_error(FileProblem::Io(e)))?;
-    if !meta.is_file() {
-        return Err(file_error(FileProblem::NotRegular));
-    }
-    // Like ssh with authorized_keys: anyone who can write the file could redirect the pushes.
-    if meta.mode() & 0o002 != 0 {
-        return Err(file_error(FileProblem::WorldWritable));
-    }
-    if meta.len() > MAX_FILE_LEN {
-        return Err(file_error(FileProblem::TooBig(meta.len())));
-    }
-    let mut text = String::new();
-    file.take(MAX_FILE_LEN)
-        .read_to_string(&mut text)
-        .map_err(|e| file_error(FileProblem::Io(e)))?;
+    })?;
     let mut tokens = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -200,12 +177,44 @@ pub fn read_file(path: &Path) -> Result<Vec<Token>, Error> {
     Ok(tokens)
 }
 
-/// Why a token file cannot be used.
+/// Reads a small file that only its owner should control: a token file, or with `secret` (a
+/// password file) one that only its owner may read too.
+pub fn read_checked(path: &Path, secret: bool) -> Result<String, FileProblem> {
+    // O_NONBLOCK so that a FIFO put in place of the file cannot hang the open; it is refused below.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(FileProblem::Io)?;
+    let meta = file.metadata().map_err(FileProblem::Io)?;
+    if !meta.is_file() {
+        return Err(FileProblem::NotRegular);
+    }
+    // Like ssh with authorized_keys: anyone who can write the file could redirect the pushes.
+    if meta.mode() & 0o002 != 0 {
+        return Err(FileProblem::WorldWritable);
+    }
+    // Like ssh with a private key.
+    if secret && meta.mode() & 0o004 != 0 {
+        return Err(FileProblem::WorldReadable);
+    }
+    if meta.len() > MAX_FILE_LEN {
+        return Err(FileProblem::TooBig(meta.len()));
+    }
+    let mut text = String::new();
+    file.take(MAX_FILE_LEN)
+        .read_to_string(&mut text)
+        .map_err(FileProblem::Io)?;
+    Ok(text)
+}
+
+/// Why a token file or a password file cannot be used.
 #[derive(Debug)]
 pub enum FileProblem {
     Io(std::io::Error),
     NotRegular,
     WorldWritable,
+    WorldReadable,
     TooBig(u64),
 }
 

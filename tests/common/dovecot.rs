@@ -17,6 +17,8 @@ pub const USER: &str = "me@example.org";
 pub struct Dovecot {
     pub port: u16,
     pub password: String,
+    /// As written to `dovecot.conf`, for a restart.
+    config: String,
     dir: PathBuf,
     maildir: PathBuf,
     mail_user: MailUser,
@@ -31,8 +33,24 @@ pub struct Stored {
     pub seen: bool,
 }
 
+/// How a [`Dovecot`] differs from the default: IMAP over TLS from the start, IDLE offered.
+#[derive(Debug, Clone, Default)]
+pub struct Variant {
+    /// Plain IMAP with STARTTLS (required before login) instead of implicit TLS.
+    pub starttls: bool,
+    /// Leave IDLE out of the capabilities, as servers without it do.
+    pub no_idle: bool,
+    /// Log in with OAuth 2 (XOAUTH2, OAUTHBEARER) only, checking each token at this
+    /// introspection URL (RFC 7662, POST) instead of the password.
+    pub oauth2: Option<String>,
+}
+
 impl Dovecot {
     pub fn start(dir: &Path, ca: &Ca, mail_user: MailUser) -> Dovecot {
+        Dovecot::start_variant(dir, ca, mail_user, Variant::default())
+    }
+
+    pub fn start_variant(dir: &Path, ca: &Ca, mail_user: MailUser, variant: Variant) -> Dovecot {
         let d = |name: &str| dir.join(name);
         let maildir = d("mail/Maildir");
         for sub in ["cur", "new", "tmp"] {
@@ -55,20 +73,52 @@ impl Dovecot {
         )
         .unwrap();
         let (unprivileged, login_chroot) = unprivileged_conf(&mail_user);
+        let (imap_port, imaps_port) = match variant.starttls {
+            true => (port, 0),
+            false => (0, port),
+        };
+        let capability = match variant.no_idle {
+            true => "imap_capability = IMAP4rev1 LITERAL+ SASL-IR UIDPLUS\n",
+            false => "",
+        };
+        let (mechanisms, passdb) = match &variant.oauth2 {
+            None => (
+                "plain login",
+                format!("passwd-file\n  args = {}", d("passwd").display()),
+            ),
+            Some(url) => {
+                fs::write(
+                    d("oauth2.conf"),
+                    format!(
+                        "introspection_mode = post\nintrospection_url = {url}\n\
+                         username_attribute = username\nactive_attribute = active\n\
+                         active_value = true\n"
+                    ),
+                )
+                .unwrap();
+                (
+                    "xoauth2 oauthbearer",
+                    format!(
+                        "oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {}",
+                        d("oauth2.conf").display()
+                    ),
+                )
+            }
+        };
         let config = format!(
             "base_dir = {run}\nstate_dir = {state}\nlog_path = {log}\n\
              protocols = imap\nlisten = 127.0.0.1\n\
              ssl = required\nssl_cert = <{cert}\nssl_key = <{key}\n\
-             auth_mechanisms = plain login\n\
-             first_valid_uid = {uid}\n\
-             passdb {{\n  driver = passwd-file\n  args = {passwd}\n}}\n\
+             auth_mechanisms = {mechanisms}\n\
+             first_valid_uid = {uid}\n{capability}\
+             passdb {{\n  driver = {passdb}\n}}\n\
              userdb {{\n  driver = passwd-file\n  args = {passwd}\n}}\n\
              mail_location = maildir:{maildir}\n\
              # The process title says IDLE while a client idles: the tests wait on it.\n\
              verbose_proctitle = yes\n\
              {unprivileged}\
-             service imap-login {{\n{login_chroot}  inet_listener imap {{\n    port = 0\n  }}\n\
-             \x20 inet_listener imaps {{\n    address = 127.0.0.1\n    port = {port}\n    ssl = yes\n  }}\n}}\n",
+             service imap-login {{\n{login_chroot}  inet_listener imap {{\n    address = 127.0.0.1\n    port = {imap_port}\n  }}\n\
+             \x20 inet_listener imaps {{\n    address = 127.0.0.1\n    port = {imaps_port}\n    ssl = yes\n  }}\n}}\n",
             run = d("run").display(),
             state = d("state").display(),
             log = d("dovecot.log").display(),
@@ -82,12 +132,50 @@ impl Dovecot {
         Dovecot {
             port,
             password,
+            config,
             dir: dir.to_path_buf(),
             maildir,
             mail_user,
             seq: AtomicU32::new(0),
             daemon,
         }
+    }
+
+    /// Stops the server, runs `meanwhile`, and starts it again on the same port and mail.
+    pub fn restart(&mut self, meanwhile: impl FnOnce(&Dovecot)) {
+        self.daemon.stop();
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err(),
+            "dovecot still listening after its stop"
+        );
+        meanwhile(self);
+        self.daemon = run_dovecot(&self.dir, &self.config, &[self.port]);
+    }
+
+    /// Kills every IMAP session process with SIGKILL, as a crash or an OOM kill would; the
+    /// server itself goes on. Returns how many there were.
+    pub fn kill_sessions(&self) -> usize {
+        let master = self.daemon.pid().to_string();
+        let mut killed = 0;
+        for p in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let is_imap = fs::read(p.path().join("cmdline"))
+                .is_ok_and(|c| c.starts_with(b"dovecot/imap ") || c == b"dovecot/imap\0");
+            if !is_imap {
+                continue;
+            }
+            let stat = fs::read_to_string(p.path().join("stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            if ppid != Some(master.as_str()) {
+                continue;
+            }
+            let pid: i32 = p.file_name().to_string_lossy().parse().unwrap();
+            // SAFETY: a plain syscall on a session process of this test's own server.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            killed += 1;
+        }
+        killed
     }
 
     /// Delivers a message the way an MTA does: written into tmp/, then renamed into new/.

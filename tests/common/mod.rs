@@ -5,6 +5,7 @@
 //! `lmtp` the clients that talk to it, and `examples` the shipped files as the tests render them.
 #![allow(dead_code)]
 
+pub mod courier;
 pub mod dovecot;
 pub mod examples;
 pub mod lmtp;

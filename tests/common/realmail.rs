@@ -31,12 +31,22 @@ pub fn require(program: &str) -> PathBuf {
 }
 
 /// A port on 127.0.0.1 that was free a moment ago, for a server that cannot be told to pick one.
+/// Never the same one twice in a test process: the kernel may hand a port it just freed to the
+/// next caller, and two servers started side by side would then race for it, one of them
+/// listening where the test expects the other.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Polls `cond` every 5 ms until it holds, for at most `limit`: how long it took, or `None`.
@@ -140,7 +150,8 @@ impl Daemon {
         self.status.unwrap()
     }
 
-    fn stop(&mut self) {
+    /// Stops the whole group now: SIGTERM, then SIGKILL to whatever is left.
+    pub fn stop(&mut self) {
         let pid = self.pid();
         if self.exited().is_none() {
             signal_group(pid, libc::SIGTERM);
@@ -433,6 +444,8 @@ impl Ca {
 /// TLS in front of a plain-HTTP relay: socat with the per-run certificate.
 pub struct TlsFront {
     pub url: String,
+    /// Where it listens on 127.0.0.1.
+    pub port: u16,
     _daemon: Daemon,
 }
 
@@ -456,6 +469,7 @@ impl TlsFront {
         });
         TlsFront {
             url: format!("https://127.0.0.1:{port}/notify"),
+            port,
             _daemon: daemon,
         }
     }
