@@ -120,16 +120,7 @@ impl Cache {
     /// The waiter lock of a token, if no deferred sender holds it: whoever keeps the returned
     /// file (and every copy of its descriptor) is the token's one sender.
     pub fn claim_waiter(&self, token: &Token) -> Result<Option<File>> {
-        let path = self.path(token, ".waiter");
-        let file = open_private(&path).map_err(|source| Error::Cache {
-            path: path.clone(),
-            source,
-        })?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(file)),
-            Err(fs::TryLockError::WouldBlock) => Ok(None),
-            Err(fs::TryLockError::Error(source)) => Err(Error::Cache { path, source }),
-        }
+        try_lock(&self.path(token, ".waiter"))
     }
 
     /// Whether `file` is the waiter lock of `token` (the deferred sender checks what it was given).
@@ -188,6 +179,23 @@ impl Locked {
         replace(&self.path, &self.state.render())?;
         self.saved = self.state.clone();
         Ok(())
+    }
+}
+
+/// A lock file of the cache dir, if no one else holds it: whoever keeps the returned file (and
+/// every copy of its descriptor) holds the lock.
+pub fn try_lock(path: &Path) -> Result<Option<File>> {
+    let file = open_private(path).map_err(|source| Error::Cache {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(source)) => Err(Error::Cache {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 

@@ -2,14 +2,13 @@
 //! `<cache dir>/watch-<hash of account and mailbox>`, replaced whole (write, then rename), so a
 //! restart or reconnect takes up exactly where the last one stopped.
 
-use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use crate::cache;
+use crate::error::Result;
 
 const HEADER: &str = "deltapush-mda watch state 1";
 const MAX_LEN: u64 = 4096;
@@ -28,14 +27,7 @@ pub fn path(cache_dir: &Path, key: &str) -> PathBuf {
 
 /// The saved mark; none when missing or not ours (the watcher then starts from now).
 pub fn read(path: &Path) -> Option<Mark> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    let mut text = String::new();
-    file.take(MAX_LEN).read_to_string(&mut text).ok()?;
-    parse(&text)
+    parse(&cache::read_private(path, MAX_LEN)?.0)
 }
 
 fn parse(text: &str) -> Option<Mark> {
@@ -60,58 +52,21 @@ fn parse(text: &str) -> Option<Mark> {
 /// Takes `<mark>.lock` for as long as the file lives, so that one watcher, not two, wakes the
 /// phone for each message of the mailbox. `None`: another watcher holds it.
 pub fn hold(path: &Path) -> Result<Option<File>> {
-    let lock = path.with_extension("lock");
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&lock)
-        .map_err(|source| Error::Cache {
-            path: lock.clone(),
-            source,
-        })?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(TryLockError::WouldBlock) => Ok(None),
-        Err(TryLockError::Error(source)) => Err(Error::Cache { path: lock, source }),
-    }
+    cache::try_lock(&path.with_extension("lock"))
 }
 
 pub fn save(path: &Path, mark: Mark) -> Result<()> {
-    let tmp = path.with_extension("new");
-    let err = |source| Error::Cache {
-        path: tmp.clone(),
-        source,
-    };
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)
-        .map_err(err)?;
     let text = format!(
         "{HEADER}\nuidvalidity {}\nuid {}\n",
         mark.uidvalidity, mark.uid
     );
-    file.write_all(text.as_bytes()).map_err(err)?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(|source| {
-        let _ = fs::remove_file(&tmp);
-        Error::Cache {
-            path: path.to_path_buf(),
-            source,
-        }
-    })
+    cache::replace(path, &text)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
