@@ -885,6 +885,11 @@ def bench_version(version, binary, work, relay, order, quick, n0):
         kill_background(work)
 
 
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return f.read().split()[0]
+
+
 def machine():
     cpu = "unknown CPU"
     try:
@@ -896,9 +901,7 @@ def machine():
     except OSError:
         pass
     nproc = len(os.sched_getaffinity(0))
-    load = open("/proc/loadavg").read().split()[:3]
-    return (f"{cpu}, `nproc` {nproc}, Linux {os.uname().release}, "
-            f"load average {' '.join(load)} at the end")
+    return f"{cpu}, `nproc` {nproc}, Linux {os.uname().release}"
 
 
 def report(results, quick, took, order, failures):
@@ -937,6 +940,9 @@ def report(results, quick, took, order, failures):
         out += [
             f"## Dovecot {res['dovecot']}" + (" (Debian 13, under chroot)" if name == "2.4"
                                               else " (the host, Debian 12)"),
+            "",
+            f"Load average (1 min) {res['load'][0]} before, {res['load'][1]} after: on a "
+            "shared machine, other work falls on every case alike (they take turns).",
             "",
             "| | median | 90th percentile | min | max | samples |",
             "|---|---|---|---|---|---|",
@@ -1043,7 +1049,9 @@ def main():
         n0 = 0
         for v in versions:
             print(f"bench/dovecot.py: Dovecot {v.name} ...", file=sys.stderr)
+            load = loadavg()
             results[v.name], n0 = bench_version(v, binary, work, relay, order, quick, n0)
+            results[v.name]["load"] = (load, loadavg())
     finally:
         if relay is not None:
             relay.stop()
