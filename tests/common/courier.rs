@@ -8,11 +8,11 @@ use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::realmail::{Ca, Daemon, TlsFront, free_port, require, wait_listening};
+use super::realmail::{Ca, Daemon, TlsFront, free_port, in_root, wait_listening};
 
 /// Where `.ci/setup` makes the Courier root, unless DELTAPUSH_COURIER_ROOT says otherwise.
 const COURIER_ROOT: &str = "/var/lib/deltapush-mda-tests/courier";
@@ -51,30 +51,15 @@ impl Courier {
             dir.display()
         );
         let root = courier_root();
-        // SAFETY: geteuid(2) cannot fail.
-        assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
-            "the Courier tests run it under chroot in {}: run them as root",
-            root.display()
-        );
         let maildir = dir.join("Maildir");
         for sub in ["cur", "new", "tmp"] {
             fs::create_dir_all(maildir.join(sub)).unwrap();
         }
         let plain_port = free_port();
         let log = dir.join("courier.log");
-        let mut cmd = Command::new(require("unshare"));
-        // unshare and sh exec: the pid is couriertcpd's, for Daemon to stop.
-        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg(
-                "set -e; r=$1; shift; mount --rbind /proc \"$r/proc\"; \
-                 mount --rbind /dev \"$r/dev\"; mount --bind /tmp \"$r/tmp\"; \
-                 exec chroot \"$r\" \"$@\"",
-            )
-            .arg("sh")
-            .arg(&root)
-            .args(["env", "-i", "AUTHENTICATED=me"])
+        // The pid is couriertcpd's, for Daemon to stop.
+        let mut cmd = in_root(&root, "the Courier tests");
+        cmd.args(["env", "-i", "AUTHENTICATED=me"])
             .arg(format!("HOME={}", dir.display()))
             // IDLE told by the file system (inotify), not by polling.
             .args([

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::realmail::{Ca, Daemon, MailUser, free_port, poll, require, wait_listening};
+use super::realmail::{Ca, Daemon, MailUser, free_port, in_root, poll, require, wait_listening};
 use super::realmail::{Ran, run_with_input};
 
 /// The account, as the example files spell it, so they need no change but the password.
@@ -316,24 +316,8 @@ impl Version {
                     "no {program} in the Debian 13 root {}: run `sudo .ci/setup`",
                     root.display()
                 );
-                // SAFETY: geteuid(2) cannot fail.
-                assert_eq!(
-                    unsafe { libc::geteuid() },
-                    0,
-                    "the Dovecot 2.4 tests run it under chroot in {}: run them as root",
-                    root.display()
-                );
-                // unshare and sh exec: the pid is the program's, for Daemon to stop.
-                let mut cmd = Command::new(require("unshare"));
-                cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-                    .arg(
-                        "set -e; r=$1; shift; mount --rbind /proc \"$r/proc\"; \
-                         mount --rbind /dev \"$r/dev\"; mount --bind /tmp \"$r/tmp\"; \
-                         exec chroot \"$r\" \"$@\"",
-                    )
-                    .arg("sh")
-                    .arg(&root)
-                    .arg(program);
+                let mut cmd = in_root(&root, "the Dovecot 2.4 tests");
+                cmd.arg(program);
                 cmd
             }
         }

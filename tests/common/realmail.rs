@@ -34,6 +34,29 @@ pub fn require(program: &str) -> PathBuf {
 /// Never the same one twice in a test process: the kernel may hand a port it just freed to the
 /// next caller, and two servers started side by side would then race for it, one of them
 /// listening where the test expects the other.
+/// A command that runs a program (its path and arguments to follow) under chroot in `root`, as
+/// root, with /proc, /dev and /tmp bound in a mount namespace of its own, so no mount outlives
+/// it; unshare and sh exec, so its pid is the program's. `who` names the tests that need it.
+pub fn in_root(root: &Path, who: &str) -> Command {
+    // SAFETY: geteuid(2) cannot fail.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "{who} run it under chroot in {}: run them as root",
+        root.display()
+    );
+    let mut cmd = Command::new(require("unshare"));
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "set -e; r=$1; shift; mount --rbind /proc \"$r/proc\"; \
+             mount --rbind /dev \"$r/dev\"; mount --bind /tmp \"$r/tmp\"; \
+             exec chroot \"$r\" \"$@\"",
+        )
+        .arg("sh")
+        .arg(root);
+    cmd
+}
+
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
