@@ -112,7 +112,16 @@ impl Config {
             tokens.push(Token::parse(arg).map_err(|problem| Error::Token { at: None, problem })?);
         }
         if let Some(path) = &cli.token_file {
-            tokens.extend(token::read_file(path)?);
+            tokens.extend(token::read_file(path).map_err(|e| match e {
+                token::ReadError::File(problem) => Error::TokenFile {
+                    path: path.clone(),
+                    problem,
+                },
+                token::ReadError::Line(line, problem) => Error::Token {
+                    at: Some((path.clone(), line)),
+                    problem,
+                },
+            })?);
         }
         let tokens = token::dedup(tokens);
         // The sender reads its token on a pipe; the waiter finds its tokens in the held record.

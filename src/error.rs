@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use crate::exit;
 use crate::privileges::Kept;
-use crate::token::{FileProblem, Name, Platform, location};
+use crate::token::{FileProblem, TokenProblem, location};
 
 #[derive(Debug)]
 pub enum Error {
@@ -90,14 +90,6 @@ pub enum WatchUrlProblem {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum TokenProblem {
-    Empty,
-    TooLong { name: Name, len: usize },
-    Invisible { name: Name, at: usize },
-    NoPushToken(Platform),
-}
-
-#[derive(Debug, PartialEq, Eq)]
 pub enum UrlProblem {
     Invalid,
     NoHost,
@@ -134,32 +126,6 @@ impl Error {
                 exit::UNAVAILABLE
             }
             Error::Privileges(_) => exit::NOPERM,
-        }
-    }
-}
-
-impl fmt::Display for TokenProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TokenProblem::Empty => f.write_str("token is empty"),
-            TokenProblem::TooLong { name, len } => write!(
-                f,
-                "token {name} is {len} bytes long, more than {}; copy it again from Delta Chat",
-                crate::token::MAX_LEN
-            ),
-            TokenProblem::Invisible { name, at } => write!(
-                f,
-                "token {name} has a character that is not visible ASCII at byte {at}; \
-                 copy it again from Delta Chat"
-            ),
-            TokenProblem::NoPushToken(Platform::Android) => f.write_str(
-                "this phone has no push token (push-token=<empty>): it has no Google Play \
-                 services, so nothing can wake Delta Chat on it",
-            ),
-            TokenProblem::NoPushToken(Platform::Ios) => f.write_str(
-                "this phone has no push token (notify-token=<unset>): notifications are off for \
-                 Delta Chat; turn them on, then copy the token again from View Log",
-            ),
         }
     }
 }

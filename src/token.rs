@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, TokenProblem};
-
 /// The relay has no documented limit; 4096 bytes is four times the longest token seen (openpgp, ~920).
 pub const MAX_LEN: usize = 4096;
 /// A token file bigger than this is not a token file.
@@ -145,6 +143,41 @@ fn hex_sha256(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
+/// Why a token is not usable.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TokenProblem {
+    Empty,
+    TooLong { name: Name, len: usize },
+    Invisible { name: Name, at: usize },
+    NoPushToken(Platform),
+}
+
+impl fmt::Display for TokenProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenProblem::Empty => f.write_str("token is empty"),
+            TokenProblem::TooLong { name, len } => write!(
+                f,
+                "token {name} is {len} bytes long, more than {}; copy it again from Delta Chat",
+                crate::token::MAX_LEN
+            ),
+            TokenProblem::Invisible { name, at } => write!(
+                f,
+                "token {name} has a character that is not visible ASCII at byte {at}; \
+                 copy it again from Delta Chat"
+            ),
+            TokenProblem::NoPushToken(Platform::Android) => f.write_str(
+                "this phone has no push token (push-token=<empty>): it has no Google Play \
+                 services, so nothing can wake Delta Chat on it",
+            ),
+            TokenProblem::NoPushToken(Platform::Ios) => f.write_str(
+                "this phone has no push token (notify-token=<unset>): notifications are off for \
+                 Delta Chat; turn them on, then copy the token again from View Log",
+            ),
+        }
+    }
+}
+
 /// Merges tokens in order, each once.
 pub fn dedup(tokens: impl IntoIterator<Item = Token>) -> Vec<Token> {
     let mut out: Vec<Token> = Vec::new();
@@ -156,22 +189,24 @@ pub fn dedup(tokens: impl IntoIterator<Item = Token>) -> Vec<Token> {
     out
 }
 
+/// Why a token file gave no tokens.
+#[derive(Debug)]
+pub enum ReadError {
+    File(FileProblem),
+    /// The token on this line (counted from 1) is not usable.
+    Line(usize, TokenProblem),
+}
+
 /// Reads a token file: one token per line, blank lines and `#` comments ignored.
-pub fn read_file(path: &Path) -> Result<Vec<Token>, Error> {
-    let text = read_checked(path, false).map_err(|problem| Error::TokenFile {
-        path: path.to_path_buf(),
-        problem,
-    })?;
+pub fn read_file(path: &Path) -> Result<Vec<Token>, ReadError> {
+    let text = read_checked(path, false).map_err(ReadError::File)?;
     let mut tokens = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let token = Token::parse(line).map_err(|problem| Error::Token {
-            at: Some((path.to_path_buf(), n + 1)),
-            problem,
-        })?;
+        let token = Token::parse(line).map_err(|problem| ReadError::Line(n + 1, problem))?;
         tokens.push(token);
     }
     Ok(tokens)
