@@ -4,12 +4,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{Auth, Cli, Waiting};
+use crate::account::{self, Secret, Watch, WatchUrl};
+use crate::cli::{Cli, Waiting};
 use crate::error::{Error, Result};
 use crate::message::Rules;
 use crate::relay::Url;
 use crate::token::{self, Token};
-use crate::watch::WatchUrl;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -51,21 +51,6 @@ pub struct Config {
     pub watch: Option<Watch>,
 }
 
-/// What `--watch` watches, and how it logs in.
-#[derive(Debug, Clone)]
-pub struct Watch {
-    pub url: WatchUrl,
-    pub secret: Secret,
-    pub auth: Auth,
-}
-
-/// Where the IMAP password (or OAuth token) comes from; read again at every login.
-#[derive(Debug, Clone)]
-pub enum Secret {
-    File(PathBuf),
-    Command(String),
-}
-
 /// The default cache dir: `$XDG_CACHE_HOME/deltapush-mda`, else `~/.cache/deltapush-mda`.
 fn default_cache_dir() -> Option<PathBuf> {
     directories::ProjectDirs::from("", "", "deltapush-mda").map(|d| d.cache_dir().to_path_buf())
@@ -98,7 +83,7 @@ impl Config {
                 secret: match (cli.password_file, cli.password_command) {
                     (Some(path), _) => {
                         // Checked now, so a wrong file stops the start and not the first login.
-                        crate::watch::read_password_file(&path)?;
+                        account::read_password_file(&path)?;
                         Secret::File(path)
                     }
                     (None, Some(cmd)) => Secret::Command(cmd),

@@ -1,5 +1,6 @@
 //! deltapush-mda: wake Delta Chat on a phone when mail arrives in a mailbox without push.
 
+mod account;
 mod cache;
 mod check;
 mod cli;

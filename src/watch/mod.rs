@@ -10,9 +10,6 @@ mod mark;
 mod session;
 mod signals;
 mod transport;
-mod url;
-
-pub use url::WatchUrl;
 
 use std::io::Read;
 use std::os::fd::RawFd;
@@ -26,16 +23,15 @@ use rustls::ClientConfig;
 
 use crate::cache::Cache;
 use crate::cli::Auth;
-use crate::config::{Config, Secret, Watch};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::message;
 use crate::run::{self, Outcome, Output};
-use crate::token::read_checked;
 
+use crate::account::{Secret, Security, Watch, read_password_file};
 use mark::Mark;
 use session::{Reply, Session, Woken};
 use transport::{Fault, Transport};
-use url::Security;
 
 /// IDLE is renewed this often: well inside the 29 minutes of RFC 2177, and each renewal (DONE,
 /// NOOP) proves the connection alive. A dead one is noticed sooner by TCP keepalive.
@@ -71,21 +67,6 @@ impl From<Fault> for End {
             Fault::Stopped => End::Stopped,
         }
     }
-}
-
-/// Reads the first line of a password file, with the token file's checks and one more: only
-/// its owner may read it.
-pub fn read_password_file(path: &Path) -> Result<String> {
-    let text = read_checked(path, true).map_err(|problem| Error::PasswordFile {
-        path: path.to_path_buf(),
-        problem,
-    })?;
-    Ok(text
-        .lines()
-        .next()
-        .unwrap_or("")
-        .trim_end_matches('\r')
-        .to_string())
 }
 
 /// The password (or token) for this login: from the file, or from the command's first line.

@@ -1,10 +1,44 @@
-//! The `--watch` URL: `imaps://USER@HOST[:PORT][/MAILBOX]` or `imap://…` (RFC 5092, the parts a
-//! watcher needs).
+//! The account `--watch` watches: its URL, `imaps://USER@HOST[:PORT][/MAILBOX]` or `imap://…`
+//! (RFC 5092, the parts a watcher needs), how it logs in, and where its password comes from.
+//! Below both the configuration, which resolves it once, and the watcher, which uses it.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 
+use crate::cli::Auth;
 use crate::error::{Error, Result, WatchUrlProblem};
 use crate::relay::is_loopback;
+use crate::token::read_checked;
+
+/// What `--watch` watches, and how it logs in.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    pub url: WatchUrl,
+    pub secret: Secret,
+    pub auth: Auth,
+}
+
+/// Where the IMAP password (or OAuth token) comes from; read again at every login.
+#[derive(Debug, Clone)]
+pub enum Secret {
+    File(PathBuf),
+    Command(String),
+}
+
+/// Reads the first line of a password file, with the token file's checks and one more: only
+/// its owner may read it.
+pub fn read_password_file(path: &Path) -> Result<String> {
+    let text = read_checked(path, true).map_err(|problem| Error::PasswordFile {
+        path: path.to_path_buf(),
+        problem,
+    })?;
+    Ok(text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('\r')
+        .to_string())
+}
 
 /// How the connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
