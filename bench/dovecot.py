@@ -941,8 +941,9 @@ def report(results, quick, took, order, failures):
             f"## Dovecot {res['dovecot']}" + (" (Debian 13, under chroot)" if name == "2.4"
                                               else " (the host, Debian 12)"),
             "",
-            f"Load average (1 min) {res['load'][0]} before, {res['load'][1]} after: on a "
-            "shared machine, other work falls on every case alike (they take turns).",
+            f"Load average (1 min) {res['load'][0]} before, {res['load'][1]} after (the bench's "
+            "own processes count in it; other work on a shared machine falls on every case "
+            "alike, as they take turns).",
             "",
             "| | median | 90th percentile | min | max | samples |",
             "|---|---|---|---|---|---|",
