@@ -199,6 +199,24 @@ pub fn try_lock(path: &Path) -> Result<Option<File>> {
     }
 }
 
+/// Writes a file of the cache dir (mode 0600, never through a link) in place: for a file no one
+/// reads before this returns.
+pub fn write_private(path: &Path, text: &str) -> Result<()> {
+    let err = |source| Error::Cache {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(err)?;
+    file.write_all(text.as_bytes()).map_err(err)
+}
+
 /// Replaces a file of the cache dir whole: written to `<path>.new` (mode 0600, never through a
 /// link), then renamed over it, so no reader ever sees half of it.
 pub fn replace(path: &Path, text: &str) -> Result<()> {
@@ -238,7 +256,8 @@ pub fn read_private(path: &Path, max: u64) -> Option<(String, SystemTime)> {
     if !meta.is_file() || meta.len() > max {
         return None;
     }
-    let mut text = String::new();
+    // Room for all of it, so that it is read in one call rather than in growing pieces.
+    let mut text = String::with_capacity(meta.len() as usize + 1);
     file.take(max).read_to_string(&mut text).ok()?;
     Some((text, meta.modified().ok()?))
 }

@@ -68,6 +68,61 @@ pub fn spawn(args: &[OsString], handed: Option<File>, input: &[u8]) -> io::Resul
     Ok(())
 }
 
+/// Starts this program with `args` and nothing on standard input, without waiting for it to
+/// run: for a caller that must return at once (a `--hold`, inside Dovecot's delivery). Only the
+/// fork is waited for; an exec that fails ends the child unseen.
+pub fn start(args: &[OsString]) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let exe = std::env::current_exe()?;
+    let to_c = |s: &std::ffi::OsStr| {
+        std::ffi::CString::new(s.as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
+    // Everything the child needs is made before the fork: after it, only async-signal-safe
+    // calls.
+    let path = to_c(exe.as_os_str())?;
+    let mut argv = vec![to_c("deltapush-mda".as_ref())?];
+    for arg in args {
+        argv.push(to_c(arg)?);
+    }
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let env: Vec<std::ffi::CString> = std::env::vars_os()
+        .filter(|(name, _)| !name.as_encoded_bytes().starts_with(b"DELTAPUSH_"))
+        .filter_map(|(name, value)| {
+            let mut pair = name.into_encoded_bytes();
+            pair.push(b'=');
+            pair.extend_from_slice(value.as_encoded_bytes());
+            std::ffi::CString::new(pair).ok()
+        })
+        .collect();
+    let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    env_ptrs.push(std::ptr::null());
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    let null_fd = null.as_raw_fd();
+    // SAFETY: between fork and exec the child makes only async-signal-safe calls (setsid, dup2,
+    // chdir, close_range, execve, _exit) on memory prepared above.
+    unsafe {
+        match libc::fork() {
+            -1 => Err(io::Error::last_os_error()),
+            0 => {
+                libc::setsid();
+                for fd in 0..3 {
+                    libc::dup2(null_fd, fd);
+                }
+                libc::chdir(c"/".as_ptr());
+                close_inherited(3);
+                libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr());
+                libc::_exit(127)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Marks every descriptor from `first` on close-on-exec. Marking rather than closing keeps std's
 /// own exec-error pipe working.
 unsafe fn close_inherited(first: i32) {

@@ -76,11 +76,13 @@ pub fn hold(config: &Config, header: Option<&[u8]>, out: &Output) -> Result<Outc
     // one that reaches Dovecot's log.
     run::report_failures(&cache, &held.tokens, out, no_wait)?;
     sweep(cache.dir());
-    cache::replace(&path, &held.render())?;
+    // Written in place, not replaced: its one reader, the waiter, starts below, and the commit
+    // hook renames it only once this run has ended.
+    cache::write_private(&path, &held.render())?;
     let waiting = format!("{delivery}.{:016x}", held.nonce);
     let args = ["--wait-stored", &waiting, "--cache-dir"].map(Into::into);
     let args = [&args[..], &[config.cache_dir.clone().into()]].concat();
-    if let Err(e) = detach::spawn(&args, None, b"") {
+    if let Err(e) = detach::start(&args) {
         let _ = fs::remove_file(&path);
         for token in &held.tokens {
             out.report(format_args!(

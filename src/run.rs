@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::io::Write;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::cache::{Cache, Locked};
 use crate::config::{Config, Mode, Verbosity};
@@ -13,6 +13,9 @@ use crate::message;
 use crate::relay::{Answer, Relay};
 use crate::token::Token;
 use crate::wakeup::{Decision, apply, decide, deferred_failure_line, gone_line, secs};
+
+/// A remembered token given again within this is not written again.
+const SEEN_EVERY: Duration = Duration::from_secs(3600);
 
 /// How a run that did its job ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -270,8 +273,14 @@ fn remember(cache: &Cache, config: &Config, deadline: Instant, dry: bool) -> Res
             let Some(mut locked) = cache.lock(token, deadline)? else {
                 continue;
             };
-            // A token the relay called dead is not taken back while it is.
-            if locked.state.gone_since(now).is_none() {
+            // A token the relay called dead is not taken back while it is. Seen within the
+            // hour is seen enough for a 90-day memory: no write for every message.
+            let fresh = locked.state.token.as_deref() == Some(token.as_str())
+                && locked
+                    .state
+                    .seen
+                    .is_some_and(|seen| now.duration_since(seen).is_ok_and(|d| d < SEEN_EVERY));
+            if locked.state.gone_since(now).is_none() && !fresh {
                 locked.state.token = Some(token.as_str().to_string());
                 locked.state.seen = Some(now);
                 locked.save()?;

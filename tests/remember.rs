@@ -107,3 +107,33 @@ fn a_gone_token_is_forgotten() {
         [&dead, &alive, &dead, &third].map(|t| t.as_str())
     );
 }
+
+#[test]
+fn a_token_given_again_within_the_hour_is_not_written_again_and_after_it_is() {
+    use std::os::unix::fs::MetadataExt;
+    let sb = Sandbox::new();
+    let relay = Relay::start();
+    let t = token(9);
+    // A --hold whose message is never stored posts nothing: only `seen` could be written.
+    let hold = |sb: &Sandbox| {
+        let run = sb.run(
+            &["--remember", "--hold", "--url", &relay.url, "--", &t],
+            PLAIN,
+        );
+        assert_eq!(run.said(), (0, ""));
+    };
+    hold(&sb);
+    let state = sb.state(&t);
+    let first = fs::metadata(&state).unwrap().ino();
+    hold(&sb);
+    assert_eq!(fs::metadata(&state).unwrap().ino(), first, "written again");
+    backdate(&state, "seen", Duration::from_secs(2 * 3600));
+    let backdated = fs::metadata(&state).unwrap().ino();
+    hold(&sb);
+    assert_ne!(
+        fs::metadata(&state).unwrap().ino(),
+        backdated,
+        "not noted as seen"
+    );
+    common::kill_senders(sb.home.path());
+}
