@@ -1,8 +1,9 @@
-//! This program started again in the background, detached from its caller: a session of its
-//! own (killing the caller's process group leaves it alone), `/` as its directory, no descriptor
-//! of the caller (getmail, procmail, maildrop and Dovecot all wait for the pipes they handed
-//! over; Dovecot hands over about 20), and none of the caller's DELTAPUSH_* variables: its
-//! configuration is its command line alone.
+//! This program in the background, detached from its caller: a session of its own (killing the
+//! caller's process group leaves it alone), `/` as its directory, and no descriptor of the
+//! caller (getmail, procmail, maildrop and Dovecot all wait for the pipes they handed over;
+//! Dovecot hands over about 20). The deferred sender is the program started again, with none
+//! of the caller's DELTAPUSH_* variables: its configuration is its command line alone. The
+//! waiter of a `--hold` is a forked copy, which costs Dovecot's delivery no exec.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -68,59 +69,70 @@ pub fn spawn(args: &[OsString], handed: Option<File>, input: &[u8]) -> io::Resul
     Ok(())
 }
 
-/// Starts this program with `args` and nothing on standard input, without waiting for it to
-/// run: for a caller that must return at once (a `--hold`, inside Dovecot's delivery). Only the
-/// fork is waited for; an exec that fails ends the child unseen.
-pub fn start(args: &[OsString]) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let exe = std::env::current_exe()?;
-    let to_c = |s: &std::ffi::OsStr| {
-        std::ffi::CString::new(s.as_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-    };
-    // Everything the child needs is made before the fork: after it, only async-signal-safe
-    // calls.
-    let path = to_c(exe.as_os_str())?;
-    let mut argv = vec![to_c("deltapush-mda".as_ref())?];
-    for arg in args {
-        argv.push(to_c(arg)?);
-    }
-    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-    argv_ptrs.push(std::ptr::null());
-    let env: Vec<std::ffi::CString> = std::env::vars_os()
-        .filter(|(name, _)| !name.as_encoded_bytes().starts_with(b"DELTAPUSH_"))
-        .filter_map(|(name, value)| {
-            let mut pair = name.into_encoded_bytes();
-            pair.push(b'=');
-            pair.extend_from_slice(value.as_encoded_bytes());
-            std::ffi::CString::new(pair).ok()
-        })
-        .collect();
-    let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
-    env_ptrs.push(std::ptr::null());
+/// Forks a detached copy of this process, for a caller that must return at once (a `--hold`,
+/// inside Dovecot's delivery): no exec, so the copy costs a fork and nothing more. `true` in the
+/// copy, which must end with `std::process::exit`; `false` in the caller. Only for a process
+/// with one thread.
+pub fn fork() -> io::Result<bool> {
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/null")?;
     let null_fd = null.as_raw_fd();
-    // SAFETY: between fork and exec the child makes only async-signal-safe calls (setsid, dup2,
-    // chdir, close_range, execve, _exit) on memory prepared above.
-    unsafe {
-        match libc::fork() {
-            -1 => Err(io::Error::last_os_error()),
-            0 => {
+    // SAFETY: one thread, so the copy may go on as this process would.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            // SAFETY: plain syscalls on descriptors this process owns.
+            unsafe {
                 libc::setsid();
                 for fd in 0..3 {
                     libc::dup2(null_fd, fd);
                 }
                 libc::chdir(c"/".as_ptr());
-                close_inherited(3);
-                libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr());
-                libc::_exit(127)
+                libc::syscall(
+                    libc::SYS_close_range,
+                    3 as libc::c_uint,
+                    libc::c_uint::MAX,
+                    0,
+                );
             }
-            _ => Ok(()),
+            // Closed above already.
+            std::mem::forget(null);
+            Ok(true)
         }
+        _ => Ok(false),
     }
+}
+
+/// Rewrites this process's command line, as `ps` shows it, to `words`, cut to the length of the
+/// original: a forked copy drops the token its parent was given there, and says what it is.
+/// Does nothing unless the kernel's idea of where the command line is matches what it holds.
+pub fn retitle(words: &[&str]) {
+    let (Ok(stat), Ok(cmdline)) = (
+        std::fs::read_to_string("/proc/self/stat"),
+        std::fs::read("/proc/self/cmdline"),
+    ) else {
+        return;
+    };
+    // pid (comm) state ...: comm may hold anything, so the fields are counted after ')'; the
+    // first of those is field 3, and arg_start and arg_end are fields 48 and 49.
+    let Some((_, fields)) = stat.rsplit_once(')') else {
+        return;
+    };
+    let fields: Vec<&str> = fields.split_whitespace().collect();
+    let at = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<usize>().ok());
+    let (Some(start), Some(end)) = (at(48), at(49)) else {
+        return;
+    };
+    if end <= start || end - start != cmdline.len() {
+        return;
+    }
+    let mut title = words.join("\0").into_bytes();
+    title.resize(cmdline.len(), 0);
+    // SAFETY: [start, end) is this process's own command line, which the kernel just showed
+    // whole; nothing here reads it again.
+    unsafe { std::ptr::copy_nonoverlapping(title.as_ptr(), start as *mut u8, title.len()) };
 }
 
 /// Marks every descriptor from `first` on close-on-exec. Marking rather than closing keeps std's

@@ -4,7 +4,7 @@
 //! there reached the relay 3–42 ms before the message was in the mailbox, and a phone that
 //! fetched then found nothing. So the Sieve run decides, with the header block and the rules,
 //! keeps what it would wake in `<cache dir>/held.<pid>` (named by the delivering process, the
-//! parent of the Sieve program), and starts a waiter in the background. Once the delivery is
+//! parent of the Sieve program), and forks a waiter into the background. Once the delivery is
 //! committed, Dovecot's commit hook (`examples/dovecot/deltapush.lua`) renames that record to
 //! `stored.<pid>.<uid>`: one rename(2) inside Dovecot, no program, no shell (a shell started by
 //! Dovecot's LMTP takes its real uid 0 back). The waiter sees the rename through inotify and
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::cache::{self, Cache};
 use crate::cli::Waiting;
-use crate::config::Config;
+use crate::config::{Config, Verbosity};
 use crate::detach;
 use crate::error::{Error, Result};
 use crate::relay::Url;
@@ -79,18 +79,32 @@ pub fn hold(config: &Config, header: Option<&[u8]>, out: &Output) -> Result<Outc
     // Written in place, not replaced: its one reader, the waiter, starts below, and the commit
     // hook renames it only once this run has ended.
     cache::write_private(&path, &held.render())?;
-    let waiting = format!("{delivery}.{:016x}", held.nonce);
-    let args = ["--wait-stored", &waiting, "--cache-dir"].map(Into::into);
-    let args = [&args[..], &[config.cache_dir.clone().into()]].concat();
-    if let Err(e) = detach::start(&args) {
-        let _ = fs::remove_file(&path);
-        for token in &held.tokens {
-            out.report(format_args!(
-                "token {token}: not notified: the waiter for the stored message did not \
-                 start: {e}; the next message will try again"
-            ));
+    let waiting = Waiting {
+        delivery,
+        nonce: held.nonce,
+    };
+    match detach::fork() {
+        Ok(true) => {
+            let spec = format!("{delivery}.{:016x}", held.nonce);
+            let dir = config.cache_dir.to_string_lossy();
+            detach::retitle(&["deltapush-mda", "--wait-stored", &spec, "--cache-dir", &dir]);
+            let quiet = Output {
+                verbosity: Verbosity::Quiet,
+            };
+            let _ = wait_stored(config, waiting, &quiet);
+            std::process::exit(0);
         }
-        return Ok(Outcome::NotNotified);
+        Ok(false) => {}
+        Err(e) => {
+            let _ = fs::remove_file(&path);
+            for token in &held.tokens {
+                out.report(format_args!(
+                    "token {token}: not notified: the waiter for the stored message did not \
+                     start: {e}; the next message will try again"
+                ));
+            }
+            return Ok(Outcome::NotNotified);
+        }
     }
     for token in &held.tokens {
         out.info(format_args!(

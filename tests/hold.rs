@@ -69,6 +69,12 @@ fn the_wakeup_waits_for_the_message_to_be_stored() {
     let waiting = waiters(sandbox.home.path());
     assert_eq!(waiting.len(), 1, "{waiting:?}");
     assert_eq!(waiting[0].session, waiting[0].pid);
+    // A forked copy of the run, whose command line held the token: `ps` shows it no more.
+    assert!(
+        !waiting[0].args.concat().contains(common::TOKEN_BODY),
+        "{:?}",
+        waiting[0].args
+    );
     assert_eq!(posts(&relay, 0), Vec::<String>::new());
 
     commit(&sandbox, 7);
