@@ -10,7 +10,8 @@
 --    XDELTAPUSH, which the .conf announces). Dovecot keeps server metadata per user, so no
 --    setting can give it to all: this sets it for a user who has none yet, users added later
 --    included, at the end of each IMAP session and at each delivery, so the app finds it from
---    its next login on. Cost: one metadata lookup per IMAP session and per delivery.
+--    its next login on. Cost: one metadata lookup per IMAP session, and per delivery process
+--    and user.
 -- 2. The wakeup after the message is stored. deltapush.sieve runs `deltapush-mda --hold`
 --    before Dovecot stores the message: it decides, holds the wakeup in the user's cache dir
 --    and leaves a waiter in the background. Once the delivery is committed, Dovecot calls
@@ -43,14 +44,23 @@ function mail_user_created(user)
   return 0, ""
 end
 
+-- Users known to have the sign, for as long as this process keeps the script: one lookup per
+-- user and process, not per delivery.
+local signed = {}
+
 -- The sign of push, for a user whose mailboxes are open.
 local function offer_sign(user)
+  if signed[user.username] then
+    return
+  end
   local ok, err = pcall(function()
     if user:metadata_get(ENTRY) == nil then
       user:metadata_set(ENTRY, RECIPIENTS)
     end
   end)
-  if not ok then
+  if ok then
+    signed[user.username] = true
+  else
     dovecot.i_error("deltapush.lua: " .. ENTRY .. ": " .. tostring(err))
   end
 end
