@@ -496,6 +496,11 @@ class Bench:
         # Per contender: (landed, chat?, phase, label) in landing order.
         self.landed = {"watch": [], "getmail": []}
         self.failures = []
+        self.gm_lock = threading.Lock()
+        self.gm_cpu_done = 0.0
+        self.gm_ends = []
+        self.stopping = threading.Event()
+        self.load_start = " ".join(open("/proc/loadavg").read().split()[:3])
 
     def deliver(self, auto, label, phase):
         """The same message into both Maildirs (tmp/, then renamed into new/)."""
@@ -511,39 +516,64 @@ class Bench:
     def chat_count(self, k):
         return sum(1 for m in self.landed[k] if m[1])
 
-    def done(self):
-        """Whether both have posted for everything so far: the watcher after its last chat
-        message, getmail once per chat message."""
-        last = next((m[0] for m in reversed(self.landed["watch"]) if m[1]), None)
-        w = last is None or any(t >= last for t in self.relays["watch"].posts())
-        g = len(self.relays["getmail"].posts()) >= self.chat_count("getmail")
-        return w and g
+    def done(self, k):
+        """Whether `k` has posted after its last chat message."""
+        last = next((m[0] for m in reversed(self.landed[k]) if m[1]), None)
+        return last is None or any(t >= last for t in self.relays[k].posts())
 
     def settle(self, tail):
         """After a group: until both have posted, at least 1 s after the last landing (Dovecot's
-        notification may still be due); or, when one has not, until `tail` has passed and both
-        idle (getmail may still work off a backlog); then until both idle again."""
+        notification may still be due); or, when getmail has not, until `tail` has passed and it
+        has posted nothing for a second (it may still work off a backlog); then until both idle
+        again, getmail for 10 s at most: the next mail does not wait for a getmail that hangs."""
         last = max(self.landed["watch"][-1][0], self.landed["getmail"][-1][0])
         while True:
             now = time.monotonic()
-            if now >= last + 1.0 and self.done():
+            w, g = self.done("watch"), self.done("getmail")
+            if now >= last + 1.0 and w and g:
                 break
-            if now >= last + tail and self.idling():
+            posts = self.relays["getmail"].posts()
+            if now >= last + tail and w and (not posts or posts[-1] < now - 1.0):
                 break
             if now >= last + 120:
                 break
             time.sleep(0.005)
         self.check_alive()
-        self.dc.wait_idle(["w", "g"], limit=30, why=self.outputs)
-
-    def idling(self):
-        titles = self.dc.sessions()
-        return all(" IDLE]" in titles.get(u, "") for u in ("w", "g"))
+        self.dc.wait_idle(["w"], limit=30, why=self.outputs)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and " IDLE]" not in self.dc.sessions().get("g", ""):
+            time.sleep(0.005)
 
     def check_alive(self):
-        for k, proc in (("watch", self.watcher), ("getmail", self.getmail)):
-            if proc.poll() is not None:
-                die(f"{k} ended (exit {proc.returncode}): {self.outputs()}")
+        if self.watcher.poll() is not None:
+            die(f"the watcher ended (exit {self.watcher.returncode}): {self.outputs()}")
+
+    def start_getmail(self):
+        self.getmail = subprocess.Popen(
+            self.getmail_cmd, env=self.getmail_env, cwd=self.dc.homes["g"],
+            start_new_session=True, stdin=subprocess.DEVNULL,
+            stdout=open(os.path.join(self.work, "getmail.out"), "a"),
+            stderr=open(os.path.join(self.work, "getmail.err"), "a"), **self.as_user)
+
+    def supervise(self):
+        """Restarts getmail when it ends, as its unit does (Restart=always, RestartSec=), and
+        notes why it ended and what the process had cost (wait4: its own and its children's)."""
+        while not self.stopping.is_set():
+            with self.gm_lock:
+                pid, st, ru = os.wait4(self.getmail.pid, os.WNOHANG)
+                if pid:
+                    self.getmail.returncode = os.waitstatus_to_exitcode(st)
+                    self.gm_cpu_done += ru.ru_utime + ru.ru_stime
+                    err = open(os.path.join(self.work, "getmail.err")).read().strip()
+                    self.gm_ends.append({"at": time.monotonic(), "code": self.getmail.returncode,
+                                         "err": err.splitlines()[-1] if err else ""})
+            if pid:
+                if self.stopping.wait(self.restart_sec):
+                    return
+                with self.gm_lock:
+                    self.start_getmail()
+                    self.gm_ends[-1]["restarted"] = time.monotonic()
+            self.stopping.wait(0.05)
 
     def outputs(self):
         return " ".join(f"{n}: {open(os.path.join(self.work, n)).read()!r}"
@@ -551,10 +581,15 @@ class Bench:
 
     def usage(self):
         out = {}
-        for k, proc in (("watch", self.watcher), ("getmail", self.getmail)):
-            s = status(proc.pid)
-            out[k] = {"cpu": cpu(proc.pid), "hwm": int(s["VmHWM"]), "rss": int(s["VmRSS"]),
-                      "switches": switches(proc.pid)}
+        with self.gm_lock:
+            for k, proc in (("watch", self.watcher), ("getmail", self.getmail)):
+                done = self.gm_cpu_done if k == "getmail" else 0.0
+                try:
+                    s = status(proc.pid)
+                    out[k] = {"cpu": done + cpu(proc.pid), "hwm": int(s["VmHWM"]),
+                              "rss": int(s["VmRSS"]), "switches": switches(proc.pid)}
+                except (OSError, KeyError):  # ended, waiting for its restart
+                    out[k] = {"cpu": done, "hwm": 0, "rss": 0, "switches": (0, 0)}
         return out
 
     def run(self):
@@ -618,13 +653,12 @@ class Bench:
             unit = f.read()
         self.getmail_cmd = re.search(r"^ExecStart=(.*)$", unit, re.M).group(1).replace(
             "%i", "deltapush").split()
-        self.getmail = subprocess.Popen(
-            self.getmail_cmd,
-            env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home,
-                 "DELTAPUSH_URL": self.relays["getmail"].url, "DELTAPUSH_INTERVAL": "0"},
-            cwd=home, start_new_session=True, stdin=subprocess.DEVNULL,
-            stdout=open(os.path.join(work, "getmail.out"), "w"),
-            stderr=open(os.path.join(work, "getmail.err"), "w"), **as_user)
+        self.restart_sec = float(re.search(r"^RestartSec=(\d+)$", unit, re.M).group(1))
+        self.getmail_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home,
+                            "DELTAPUSH_URL": self.relays["getmail"].url, "DELTAPUSH_INTERVAL": "0"}
+        self.as_user = as_user
+        self.start_getmail()
+        threading.Thread(target=self.supervise, daemon=True).start()
 
         self.dc.wait_idle(["w", "g"], why=self.outputs)
         err = open(os.path.join(work, "watch.err")).read()
@@ -722,6 +756,7 @@ class Bench:
                             + open(os.path.join(work, "getmail.err")).read())
 
     def cleanup(self):
+        self.stopping.set()
         for proc in (getattr(self, "watcher", None), getattr(self, "getmail", None)):
             if proc is not None and proc.poll() is None:
                 try:
@@ -739,24 +774,29 @@ class Bench:
     # The figures.
 
     def latencies(self, k):
-        """Per chat message: (phase, label, latency in s or None for no POST at all)."""
+        """Per chat message: (phase, label, latency in s or None for no POST at all). The first
+        POST the relay read after a message landed is its wakeup: the phone, woken then, finds
+        it. (The watcher posts once per fetch; getmail once per message, but after a restart it
+        hands the message it was at over again, so its k-th POST need not be the k-th
+        message's.)"""
         posts = sorted(self.relays[k].posts())
         chats = [m for m in self.landed[k] if m[1]]
         out = []
-        if k == "getmail":
-            # One deltapush-mda run, one POST, per message, in the order getmail fetches them.
-            for i, (t, _, phase, label) in enumerate(chats):
-                out.append((phase, label, posts[i] - t if i < len(posts) else None))
-            if len(posts) > len(chats):
-                self.failures.append(f"getmail: {len(posts)} POSTs for {len(chats)} chat messages")
-        else:
-            # One POST per fetch: the first POST after a message landed is its wakeup.
-            j = 0
-            for t, _, phase, label in chats:
-                while j < len(posts) and posts[j] < t:
-                    j += 1
-                out.append((phase, label, posts[j] - t if j < len(posts) else None))
+        j = 0
+        for t, _, phase, label in chats:
+            while j < len(posts) and posts[j] < t:
+                j += 1
+            out.append((phase, label, posts[j] - t if j < len(posts) else None))
         return out
+
+    def one_per_message(self):
+        """getmail's misses counting its k-th POST as its k-th chat message's, up to the time
+        it first ended: (missed, messages)."""
+        end = self.gm_ends[0]["at"] if self.gm_ends else float("inf")
+        posts = sorted(t for t in self.relays["getmail"].posts() if t < end)
+        chats = [m[0] for m in self.landed["getmail"] if m[1] and m[0] < end]
+        missed = sum(1 for i, t in enumerate(chats) if i >= len(posts) or posts[i] - t > MISS)
+        return missed, len(chats)
 
 
 def percentile(values, q):
@@ -799,8 +839,8 @@ def report(b, took, quick, cmd):
         "",
         f"Generated by `{cmd}` on {when}, in {took:.0f} s"
         + (" (a quick run: a short idle period and fewer messages)" if quick else "") + ".",
-        f"Machine: {cpu_model}, `nproc` {nproc}, Linux {os.uname().release}, load average {load} "
-        "at the end.",
+        f"Machine: {cpu_model}, `nproc` {nproc}, Linux {os.uname().release}, load average "
+        f"{b.load_start} at the start and {load} at the end.",
         f"{b.version} (release build{', ' + os.environ['DELTAPUSH_BENCH_REV'] if os.environ.get('DELTAPUSH_BENCH_REV') else ''}), "
         f"{b.getmail_version}, Dovecot {b.dc.version} (the host's).",
         "",
@@ -817,11 +857,12 @@ def report(b, took, quick, cmd):
         "Each message is written into `tmp/` of both Maildirs and renamed into `new/`, as an MTA "
         "delivers (which account's rename comes first alternates). Chat messages carry "
         "`Chat-Version`; automatic ones `Auto-Submitted: auto-replied`, and should wake no one. "
-        "Delivery → POST is from the rename to the relay having read the POST. getmail runs the "
-        "MDA once per message, so its k-th POST is the k-th chat message's; the watcher wakes "
+        "Delivery → POST is from the rename to the relay having read the POST. The watcher wakes "
         "once per fetch, so its POST counts for every chat message that landed before it since "
-        f"its previous POST. A chat message without a POST within {MISS:.0f} s of landing is "
-        "**missed**.",
+        "its previous POST; the same rule for getmail, which posts once per message (the phone, "
+        "woken after a message landed, finds it; and once getmail restarts it hands the message "
+        "it was at over again, so its k-th POST need not be its k-th message's). A chat message "
+        f"without a POST within {MISS:.0f} s of landing is **missed**.",
         "",
     ]
 
@@ -856,14 +897,33 @@ def report(b, took, quick, cmd):
                 f"{ms(percentile(vals, 0.99)) if vals else '—'} | "
                 f"{ms(max(vals)) if vals else '—'} | {posts} |")
     out.append("")
+    gm_missed, gm_n = b.one_per_message()
+    out += [f"Counting getmail's k-th POST as its k-th chat message's instead: {gm_missed} of "
+            f"{gm_n} missed" + (" (up to the moment it first ended)." if b.gm_ends else "."), ""]
+    if b.gm_ends:
+        t0 = b.phases["schedule"][0]
+        out += [f"**getmail ended {len(b.gm_ends)} time(s)** and was started again "
+                f"{b.restart_sec:.0f} s later, as its unit does:", ""]
+        for e in b.gm_ends:
+            phase = "the stream" if e["at"] >= b.phases["stream"][0] else "the schedule"
+            since = e["at"] - b.phases["stream" if phase == "the stream" else "schedule"][0]
+            last = max((t for t in b.relays["getmail"].posts() if t < e["at"]), default=None)
+            out.append(f"- {since:.0f} s into {phase}, exit {e['code']}: `{e['err']}`"
+                       + (f"; its last POST before that {e['at'] - last:.0f} s earlier"
+                          if last is not None else "") + ".")
+        out.append("")
     for k in ("watch", "getmail"):
         if missed[k]:
             out.append(f"Missed by {names[k]}:")
             out.append("")
-            for phase, label, l in missed[k]:
+            for phase, label, l in missed[k][:20]:
                 out.append(f"- {phase}, {label}: "
                            + (f"its POST came {l:.1f} s after it landed" if l is not None
                               else "no POST at all"))
+            if len(missed[k]) > 20:
+                late = [l for _, _, l in missed[k] if l is not None]
+                out.append(f"- and {len(missed[k]) - 20} more"
+                           + (f" (POSTs {min(late):.0f}–{max(late):.0f} s late)" if late else ""))
             out.append("")
     # The watcher's latency by kind of group.
     out += [
@@ -1019,7 +1079,7 @@ def main():
         else:
             shutil.rmtree(work, ignore_errors=True)
     took = time.monotonic() - started
-    cmd = "bash bench/watch.sh" + (" --quick" if quick else "")
+    cmd = os.environ.get("DELTAPUSH_BENCH_CMD") or ("bash bench/watch.sh" + (" --quick" if quick else ""))
     text, ok, summary = report(b, took, quick, cmd)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:

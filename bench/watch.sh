@@ -15,6 +15,8 @@
 #              a clean checkout while the work tree has changes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The command line, for the report.
+export DELTAPUSH_BENCH_CMD="bash bench/watch.sh${*:+ $*}"
 
 opts=()
 out=
