@@ -436,7 +436,7 @@ class Sampler:
                 if v != self.last[k]:
                     t = time.monotonic() - self.start
                     # One wakeup episode: the first sample of a run of samples that grew.
-                    if not self.runs[k] or t - self.runs[k][-1][1] > 0.3:
+                    if not self.runs[k] or t - self.runs[k][-1][1] > 2.0:
                         self.runs[k].append([t, t])
                     else:
                         self.runs[k][-1][1] = t
@@ -448,10 +448,12 @@ class Sampler:
         return {k: [round(a) for a, _ in v] for k, v in self.runs.items()}
 
 
-def parse_strace(path):
-    """The watcher's returns from poll(2) while traced: (seconds from the first line, result)."""
+def parse_strace(path, t0):
+    """The watcher's returns from poll(2) while traced (`strace -tt -T`): (seconds from the
+    wall-clock time t0 to the return, result)."""
     out = []
-    first = None
+    lt = time.localtime(t0)
+    first = lt.tm_hour * 3600 + lt.tm_min * 60 + lt.tm_sec + (t0 % 1)
     try:
         lines = open(path).read().splitlines()
     except OSError:
@@ -461,12 +463,13 @@ def parse_strace(path):
         if not m:
             continue
         t = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
-        first = t if first is None else first
         rest = m.group(4)
         if re.match(r"(poll|ppoll|restart_syscall|<\.\.\. (poll|ppoll|restart_syscall) resumed>)", rest):
             r = re.search(r"\)\s+= (-?\d+|\?)", rest)
+            took = re.search(r"<(\d+\.\d+)>$", rest)
             if r and r.group(1) != "?":
-                out.append((t - first, int(r.group(1))))
+                out.append(((t + (float(took.group(1)) if took else 0) - first) % 86400,
+                            int(r.group(1))))
     return out
 
 
@@ -674,7 +677,7 @@ class Bench:
         trace = os.path.join(work, "watch.strace")
         strace = None
         if shutil.which("strace"):
-            strace = subprocess.Popen(["strace", "-tt", "-p", str(self.watcher.pid), "-o", trace],
+            strace = subprocess.Popen(["strace", "-tt", "-T", "-p", str(self.watcher.pid), "-o", trace],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                       stderr=open(trace + ".err", "w"))
             deadline = time.monotonic() + 5
@@ -686,6 +689,7 @@ class Bench:
                     break
                 time.sleep(0.01)
         before = self.usage()
+        t0_wall = time.time()
         sampler = Sampler({"watch": self.watcher.pid, "getmail": self.getmail.pid})
         t0 = time.monotonic()
         while time.monotonic() < t0 + p["idle"]:
@@ -697,7 +701,7 @@ class Bench:
         if strace is not None:
             strace.send_signal(signal.SIGINT)  # detaches
             strace.wait(10)
-        polls = parse_strace(trace) if strace is not None else None
+        polls = parse_strace(trace, t0_wall) if strace is not None else None
         if any(self.relays[k].posts() for k in self.relays):
             self.failures.append("a POST while idle, with no mail")
         self.idle = {"took": idle_took, "before": before, "after": after, "runs": runs,
@@ -989,18 +993,20 @@ def report(b, took, quick, cmd):
     polls = idle["polls"]
     own = []
     if polls is not None:
-        own = [round(t) for t, r in polls if r == 0]
-        data = [round(t) for t, r in polls if r > 0]
+        own_t = [t for t, r in polls if r == 0]
+        own = [round(t) for t in own_t]
+        replies = [t for t, r in polls if r > 0 and any(0 <= t - o <= 2 for o in own_t)]
+        data = [round(t) for t, r in polls if r > 0 and t not in replies]
         out += [
             "",
-            f"The watcher under `strace -tt -p PID` for the idle period: {len(polls)} returns "
-            f"from poll(2), {len(own)} by its own timeout"
-            + (f" (at {', '.join(map(str, own))} s)" if own else "")
-            + f", {len(data)} because the server said something"
+            f"The watcher under `strace -tt -T -p PID` for the idle period: {len(polls)} returns "
+            f"from poll(2) (seconds into the idle period): {len(own)} by its own timeout"
+            + (f" (at {', '.join(map(str, own))} s: the IDLE renewal, 10 minutes after IDLE "
+               f"began, and {len(replies)} more for the server's replies to it)" if own else "")
+            + f"; {len(data)} because the server said something unasked"
             + (f" (at {', '.join(map(str, data))} s: Dovecot's `* OK Still here` every 2 "
                "minutes)" if data else "")
-            + ". Its only timer is the IDLE renewal, every 10 minutes; TCP keepalive is the "
-            "kernel's.",
+            + ". The renewal is its only timer; TCP keepalive is the kernel's.",
         ]
     own_ok = polls is not None and all(b2 - a >= OWN_WAKEUP_EVERY for a, b2 in zip(own, own[1:])) \
         and len(own) <= max(1, idle["took"] // OWN_WAKEUP_EVERY)
