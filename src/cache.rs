@@ -221,20 +221,7 @@ pub fn write_private(path: &Path, text: &str) -> Result<()> {
 /// link), then renamed over it, so no reader ever sees half of it.
 pub fn replace(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("new");
-    let err = |source| Error::Cache {
-        path: tmp.clone(),
-        source,
-    };
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)
-        .map_err(err)?;
-    file.write_all(text.as_bytes()).map_err(err)?;
-    drop(file);
+    write_private(&tmp, text)?;
     fs::rename(&tmp, path).map_err(|source| {
         let _ = fs::remove_file(&tmp);
         Error::Cache {
