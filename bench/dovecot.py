@@ -39,6 +39,8 @@ import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from common import chown_tree, mail_user, make_ca
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Where the example files install things, replaced by the bench's own paths.
 SCRIPT = "/etc/dovecot/sieve/deltapush.sieve"
@@ -199,22 +201,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def mail_user():
-    """Under root the mail programs run as nobody (getmail refuses root), else as the caller."""
-    if os.geteuid() != 0:
-        pw = pwd.getpwuid(os.geteuid())
-        return pw.pw_uid, pw.pw_gid, pw.pw_name, False
-    pw = pwd.getpwnam("nobody")
-    return pw.pw_uid, pw.pw_gid, pw.pw_name, True
-
-
-def chown_tree(path, uid, gid):
-    for dirpath, dirnames, filenames in os.walk(path):
-        os.chown(dirpath, uid, gid)
-        for name in dirnames + filenames:
-            os.lchown(os.path.join(dirpath, name), uid, gid)
 
 
 def render(example, subs):
@@ -528,25 +514,6 @@ def kill_background(work):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
-
-def make_ca(dir):
-    os.makedirs(dir)
-    p = lambda n: os.path.join(dir, n)
-    with open(p("server.ext"), "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    for args in (
-        ["req", "-x509", *ec, "-keyout", p("ca.key"), "-out", p("ca.crt"), "-days", "2",
-         "-subj", "/CN=deltapush-mda bench CA"],
-        ["req", *ec, "-keyout", p("server.key"), "-out", p("server.csr"), "-subj", "/CN=localhost"],
-        ["x509", "-req", "-in", p("server.csr"), "-CA", p("ca.crt"), "-CAkey", p("ca.key"),
-         "-CAcreateserial", "-out", p("server.crt"), "-days", "2", "-extfile", p("server.ext")],
-    ):
-        subprocess.run(["openssl", *args], check=True, capture_output=True)
-    for n in ("ca.crt", "server.crt", "server.key"):
-        os.chmod(p(n), 0o644)
-    return dir
 
 
 def percentile(values, q):
