@@ -1,7 +1,9 @@
-"""What bench/dovecot.py and bench/watch.py both need: a CA of their own, the mail user."""
+"""What bench/dovecot.py and bench/watch.py both need: a CA of their own, the mail user, a
+server stopped with its process group."""
 
 import os
 import pwd
+import signal
 import subprocess
 
 
@@ -38,3 +40,18 @@ def mail_user():
         return pw.pw_uid, pw.pw_gid, pw.pw_name, False
     pw = pwd.getpwnam("nobody")
     return pw.pw_uid, pw.pw_gid, pw.pw_name, True
+
+
+def stop_group(proc):
+    """Asks a server to stop, then kills whatever is left of its process group."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()

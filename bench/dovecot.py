@@ -39,7 +39,7 @@ import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from common import chown_tree, mail_user, make_ca
+from common import chown_tree, mail_user, make_ca, stop_group
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Where the example files install things, replaced by the bench's own paths.
@@ -420,17 +420,7 @@ class Dovecot:
 
     def stop(self):
         """The master stops its services itself; whatever is left of the group is killed."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
+        stop_group(self.proc)
 
     def lmtp(self):
         return smtplib.LMTP("127.0.0.1", self.lmtp_port)

@@ -41,7 +41,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from common import chown_tree, mail_user, make_ca
+from common import chown_tree, mail_user, make_ca, stop_group
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MP = multiprocessing.get_context("fork")
@@ -250,17 +250,7 @@ class Dovecot:
         return [l for l in self.log().splitlines() if re.search(r"Error:|Warning:|Fatal:|Panic:", l)]
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
+        stop_group(self.proc)
 
     def maildir(self, user):
         return os.path.join(self.homes[user], "Maildir")
