@@ -129,8 +129,21 @@ fn every_form_of_the_log_sets_up_its_account() {
         let sandbox = Sandbox::new();
         let password = private_file(sandbox.home.path(), "pw", &format!("{}\n", dc.password));
         let text = here(log(name));
-        let mut args = vec!["--trust-server", "localhost", "--password-file"];
-        args.push(password.to_str().unwrap());
+        // One of them with a password manager's command instead of a file.
+        let by_command = format!("cat {}", password.display());
+        let (secret_option, secret, secret_env) = match name {
+            "ios-2.40" => (
+                "--password-command",
+                by_command.as_str(),
+                "DELTAPUSH_PASSWORD_COMMAND",
+            ),
+            _ => (
+                "--password-file",
+                password.to_str().unwrap(),
+                "DELTAPUSH_PASSWORD_FILE",
+            ),
+        };
+        let mut args = vec!["--trust-server", "localhost", secret_option, secret];
         // Only where the log hides the address.
         if text.contains("***@") {
             args.extend(["--address", USER]);
@@ -154,9 +167,8 @@ fn every_form_of_the_log_sets_up_its_account() {
         assert_eq!(
             fs::read_to_string(watch.join("work.env")).unwrap(),
             format!(
-                "{ENV_HEAD}DELTAPUSH_WATCH={url}\nDELTAPUSH_PASSWORD_FILE={}\n\
+                "{ENV_HEAD}DELTAPUSH_WATCH={url}\n{secret_env}={secret}\n\
                  DELTAPUSH_TOKEN_FILE={}\n",
-                password.display(),
                 tokens.display()
             ),
             "{name}"
@@ -170,9 +182,12 @@ fn every_form_of_the_log_sets_up_its_account() {
         assert_eq!(
             printed_command(&run.stdout),
             format!(
-                "{} --watch {url} --password-file {} --token-file {}",
+                "{} --watch {url} {secret_option} {} --token-file {}",
                 common::bin().display(),
-                password.display(),
+                match name {
+                    "ios-2.40" => format!("'{secret}'"),
+                    _ => secret.to_string(),
+                },
                 tokens.display()
             ),
             "{name}"
@@ -182,6 +197,26 @@ fn every_form_of_the_log_sets_up_its_account() {
         }
         run_again(&sandbox, &here, &ca);
     }
+    // A log with no server settings, and the mailbox given instead.
+    let sandbox = Sandbox::new();
+    let password = private_file(sandbox.home.path(), "pw", &format!("{}\n", tls.password));
+    let mut cmd = setup(
+        &sandbox,
+        &[
+            "--watch",
+            &imaps,
+            "--password-file",
+            password.to_str().unwrap(),
+        ],
+    );
+    cmd.env("SSL_CERT_FILE", &ca.cert);
+    let run = exec(cmd, log("ios-partial").as_str());
+    assert_eq!((run.code, run.stderr.as_str()), (0, ""), "{run:?}");
+    assert!(
+        fs::read_to_string(watch_dir(&sandbox).join("work.env"))
+            .unwrap()
+            .contains(&format!("\nDELTAPUSH_WATCH={imaps}\n"))
+    );
 }
 
 /// The second phone's log, the same log again, and systemd: all on the account set up above.
@@ -655,6 +690,41 @@ fn hostile_pastes_get_one_line_and_nothing_written() {
     assert!(!config(&sandbox).exists());
 }
 
+/// On a terminal, a no to a server outside the address's domain: nothing goes there, nothing
+/// is written, exit 77; the same for a password left empty.
+fn a_no_on_the_terminal_writes_nothing() {
+    let sandbox = Sandbox::new();
+    let text = log("ios-2.59").replace("imap.example.org", "imap.example.net");
+    let start = || {
+        let mut cmd = sandbox.command();
+        cmd.env("XDG_CONFIG_HOME", config(&sandbox))
+            .args(["--setup", "work", "--address", USER]);
+        let mut pty = Pty::spawn(cmd);
+        pty.expect("then press Ctrl-D:");
+        pty.send(text.as_bytes());
+        pty.send(b"\x04");
+        pty.expect("Send your password to imap.example.net? [y/N] ");
+        pty
+    };
+    let mut pty = start();
+    pty.send(b"\n");
+    let (code, output) = pty.wait();
+    assert_eq!(code, 77, "{output}");
+    assert!(output.ends_with(&line(
+        "the password does not go to imap.example.net; nothing written"
+    )));
+    let mut pty = start();
+    pty.send(b"yes\n");
+    pty.expect(&format!(
+        "Password of {USER} at imap.example.net (not shown): "
+    ));
+    pty.send(b"\n");
+    let (code, output) = pty.wait();
+    assert_eq!(code, 64, "{output}");
+    assert!(output.ends_with(&line("no password typed; nothing written")));
+    assert!(!config(&sandbox).exists());
+}
+
 #[test]
 fn set_up_from_the_log() {
     run_cases(&[
@@ -673,6 +743,10 @@ fn set_up_from_the_log() {
         (
             "hostile_pastes_get_one_line_and_nothing_written",
             hostile_pastes_get_one_line_and_nothing_written,
+        ),
+        (
+            "a_no_on_the_terminal_writes_nothing",
+            a_no_on_the_terminal_writes_nothing,
         ),
     ]);
 }
