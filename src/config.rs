@@ -51,6 +51,8 @@ pub struct Config {
     pub verbosity: Verbosity,
     /// Set with --watch, in every mode that takes it; with --setup, the mailbox asked for.
     pub watch: Option<Watch>,
+    /// How many times faster than real time the watcher's own clock runs (tests only).
+    pub watch_speedup: u32,
     /// Set in `Mode::Setup`.
     pub setup: Option<Setup>,
 }
@@ -198,6 +200,7 @@ impl Config {
             },
             watch,
             setup,
+            watch_speedup: cli.watch_speedup,
         })
     }
 }

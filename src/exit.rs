@@ -36,8 +36,8 @@ pub const STATUSES: &[Status] = &[
     Status {
         code: UNAVAILABLE,
         meaning: "--check could not reach the relay, or found a deferred wakeup that was not sent; \
-                  --watch: an imap:// server without STARTTLS, or another watcher on the same mailbox; \
-                  --setup: no server of the log answered, or systemctl failed",
+                  --watch: an imap:// server without STARTTLS, another watcher on the same mailbox, or no \
+                  TLS set-up; --setup: no server of the log answered, or systemctl failed",
     },
     Status {
         code: IOERR,
@@ -50,8 +50,8 @@ pub const STATUSES: &[Status] = &[
     Status {
         code: NOPERM,
         meaning: "started with a real or saved uid or gid other than the effective one, and could \
-                  not give it up: nothing was read or sent; --watch: the IMAP server refused the login; \
-                  --setup: the same, or you said no to the server",
+                  not give it up: nothing was read or sent; --watch: the IMAP server said that the password \
+                  from --password-file is wrong; --setup: the server refused the login, or you said no to it",
     },
     Status {
         code: CONFIG,

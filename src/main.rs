@@ -16,6 +16,7 @@ mod privileges;
 mod relay;
 mod run;
 mod setup;
+mod text;
 mod token;
 mod wakeup;
 mod watch;
