@@ -124,6 +124,8 @@ pub enum Error {
         command: String,
         said: String,
     },
+    /// --setup: the terminal failed while asking.
+    Terminal(io::Error),
 }
 
 /// Why a log is not one to read (see `applog::Problem`).
@@ -189,6 +191,7 @@ impl Error {
             Error::LogRead { path: Some(_), .. } | Error::SetupWrite { .. } => exit::CONFIG,
             Error::NoServer { .. } | Error::Systemd { .. } => exit::UNAVAILABLE,
             Error::Checked(code, _) => *code,
+            Error::Terminal(_) => exit::IOERR,
         }
     }
 }
@@ -335,6 +338,7 @@ impl fmt::Display for Error {
             Error::Checked(_, line) => write!(f, "{line}; nothing written"),
             Error::SetupWrite { path, source } => write!(f, "writing {}: {source}", path.display()),
             Error::Systemd { command, said } => write!(f, "{command}: {said}"),
+            Error::Terminal(e) => write!(f, "the terminal: {e}; nothing written"),
         }
     }
 }
@@ -390,7 +394,8 @@ impl std::error::Error for Error {
             | Error::Input(e)
             | Error::Privileges(Kept { source: e, .. })
             | Error::LogRead { source: e, .. }
-            | Error::SetupWrite { source: e, .. } => Some(e),
+            | Error::SetupWrite { source: e, .. }
+            | Error::Terminal(e) => Some(e),
             _ => None,
         }
     }

@@ -41,7 +41,7 @@ pub const STATUSES: &[Status] = &[
     },
     Status {
         code: IOERR,
-        meaning: "standard input could not be read",
+        meaning: "standard input could not be read; --setup: also the terminal it asked on",
     },
     Status {
         code: TEMPFAIL,

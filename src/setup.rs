@@ -74,7 +74,7 @@ pub fn run(config: &Config, out: &Output) -> Result<Outcome> {
                     "Password of {} at {} (not shown): ",
                     first.user, first.host
                 ))
-                .map_err(|source| Error::LogRead { path: None, source })?;
+                .map_err(Error::Terminal)?;
             if password.is_empty() {
                 return Err(Error::Usage("no password typed; nothing written".into()));
             }
@@ -364,7 +364,7 @@ fn servers(
                 "The log's server {host} is not in {domain}, your address's domain. Send your \
                  password to {host}? [y/N] "
             ))
-            .map_err(|source| Error::LogRead { path: None, source })?;
+            .map_err(Error::Terminal)?;
         if !matches!(answer.to_ascii_lowercase().as_str(), "y" | "yes") {
             return Err(Error::Untrusted {
                 host,
@@ -426,9 +426,7 @@ fn ask(
     prompt: &str,
 ) -> Result<String> {
     let tty = tty.as_mut().ok_or(Error::Unasked { what, option })?;
-    let answer = tty
-        .ask(prompt)
-        .map_err(|source| Error::LogRead { path: None, source })?;
+    let answer = tty.ask(prompt).map_err(Error::Terminal)?;
     match answer.is_empty() {
         true => Err(Error::Unasked { what, option }),
         false => Ok(answer),
