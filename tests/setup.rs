@@ -691,7 +691,7 @@ fn hostile_pastes_get_one_line_and_nothing_written() {
 }
 
 /// On a terminal, a no to a server outside the address's domain: nothing goes there, nothing
-/// is written, exit 77; the same for a password left empty.
+/// is written, exit 77; a password left empty, 64; a paste without the servers: the URL asked.
 fn a_no_on_the_terminal_writes_nothing() {
     let sandbox = Sandbox::new();
     let text = log("ios-2.59").replace("imap.example.org", "imap.example.net");
@@ -722,6 +722,24 @@ fn a_no_on_the_terminal_writes_nothing() {
     let (code, output) = pty.wait();
     assert_eq!(code, 64, "{output}");
     assert!(output.ends_with(&line("no password typed; nothing written")));
+    // A paste cut short: the server is asked for, and a URL without a user is refused.
+    let mut cmd = sandbox.command();
+    cmd.env("XDG_CONFIG_HOME", config(&sandbox))
+        .args(["--setup", "work"]);
+    let mut pty = Pty::spawn(cmd);
+    pty.expect("then press Ctrl-D:");
+    pty.send(log("ios-partial").as_bytes());
+    pty.send(b"\n\x04");
+    pty.expect(
+        "Line 34 of the log has server settings this version cannot read.\n\
+         Your IMAP server, as imaps://USER@HOST[:PORT] (%40 for an @ in USER): ",
+    );
+    pty.send(b"imaps://imap.example.org\n");
+    let (code, output) = pty.wait();
+    assert_eq!(code, 78, "{output}");
+    assert!(output.ends_with(&line(
+        "--watch imaps://imap.example.org: no user: imaps://USER@HOST"
+    )));
     assert!(!config(&sandbox).exists());
 }
 
