@@ -61,9 +61,8 @@ pub fn run(config: &Config, out: &Output) -> Result<Outcome> {
         Some(b) if b.user == first.user => env.secret(),
         _ => None,
     };
-    let given = setup.secret.clone().or(kept);
-    let typed = match given {
-        Some(_) => None,
+    let (secret, pending) = match setup.secret.clone().or(kept) {
+        Some(secret) => (secret, None),
         None => {
             let tty = tty.as_mut().ok_or(Error::Unasked {
                 what: "the password",
@@ -78,22 +77,15 @@ pub fn run(config: &Config, out: &Output) -> Result<Outcome> {
             if password.is_empty() {
                 return Err(Error::Usage("no password typed; nothing written".into()));
             }
-            Some(password)
+            files.make_dirs()?;
+            // It waits beside its file, 0600, for the check, and goes if the check fails.
+            let pending = Pending::write(&files.password, &format!("{password}\n"))?;
+            (Secret::File(pending.path.clone()), Some(pending))
         }
-    };
-    files.make_dirs()?;
-    // A typed password waits beside its file, 0600, for the check; it goes if the check fails.
-    let pending = match &typed {
-        Some(password) => Some(Pending::write(&files.password, &format!("{password}\n"))?),
-        None => None,
-    };
-    let secret = match (&given, &pending) {
-        (Some(secret), _) => secret.clone(),
-        (None, Some(p)) => Secret::File(p.path.clone()),
-        (None, None) => unreachable!("either given or typed"),
     };
 
     let url = check(config, setup, &urls, &secret, out)?;
+    files.make_dirs()?;
 
     let secret = match pending {
         Some(p) => Secret::File(p.commit(&files.password)?),
