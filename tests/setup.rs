@@ -217,6 +217,31 @@ fn every_form_of_the_log_sets_up_its_account() {
             .unwrap()
             .contains(&format!("\nDELTAPUSH_WATCH={imaps}\n"))
     );
+    // A wrong password: refused by the server, so nothing is written. Last: Dovecot slows the
+    // logins from an address after a failed one.
+    let sandbox = Sandbox::new();
+    let wrong = private_file(sandbox.home.path(), "pw", "wrong\n");
+    let mut cmd = setup(
+        &sandbox,
+        &[
+            "--address",
+            USER,
+            "--trust-server",
+            "localhost",
+            "--password-file",
+            wrong.to_str().unwrap(),
+        ],
+    );
+    cmd.env("SSL_CERT_FILE", &ca.cert);
+    let run = exec(cmd, here(log("android-2.59")).as_str());
+    assert_eq!(run.code, 77, "{run:?}");
+    assert!(
+        run.stderr.starts_with(&format!("deltapush-mda: {imaps}: "))
+            && run.stderr.ends_with("; nothing written\n")
+            && run.stderr.lines().count() == 1,
+        "{run:?}"
+    );
+    assert!(!config(&sandbox).exists());
 }
 
 /// The second phone's log, the same log again, and systemd: all on the account set up above.
