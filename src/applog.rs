@@ -44,6 +44,8 @@ pub struct Transport {
     pub imap: Vec<Candidate>,
     /// The folder the app watches, when not INBOX (core 2.52 and later).
     pub folder: Option<String>,
+    /// The app was told to take any certificate of these servers; the watcher checks it.
+    pub lax_certificates: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,6 +201,7 @@ fn transports(mut rest: &str) -> Option<Vec<Transport>> {
         };
         let imap;
         let mut folder = None;
+        let mut lax = false;
         if let Some(list) = after.strip_prefix('[') {
             let (list, after) = list.split_once(']')?;
             imap = list
@@ -214,29 +217,39 @@ fn transports(mut rest: &str) -> Option<Vec<Transport>> {
         } else {
             let (spec, after) = after.split_once(' ').unwrap_or((after, ""));
             imap = legacy(spec)?;
+            lax = spec.split(':').any(lax_checks);
             rest = after;
         }
         if imap.is_empty() {
             return None;
         }
+        // A transport ends in its `cert_CHECKS`; the next one follows after a comma.
+        let mut next = None;
+        if let Some((_, after)) = rest.split_once(" cert_") {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            lax |= lax_checks(&format!("cert_{}", &after[..end]));
+            next = after[end..].strip_prefix(',');
+        }
         found.push(Transport {
             address,
             imap,
             folder,
+            lax_certificates: lax,
         });
-        // The next transport follows the last one's `cert_CHECKS` after a comma.
-        let Some((_, after)) = rest.split_once(" cert_") else {
-            break;
-        };
-        let end = after
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(after.len());
-        match after[end..].strip_prefix(',') {
-            Some(next) => rest = next,
+        match next {
+            Some(n) => rest = n,
             None => break,
         }
     }
     Some(found)
+}
+
+/// The app takes any certificate of this account's servers (`ConfiguredCertificateChecks`,
+/// `CertificateChecks` in 1.x: `cert_accept_invalid_certificates`, or `…2`).
+fn lax_checks(word: &str) -> bool {
+    word.starts_with("cert_accept_invalid_certificates")
 }
 
 /// `HOST:PORT:SECURITY` or, up to core 2.49, `HOST:PORT:SECURITY:USER`.
@@ -364,6 +377,7 @@ mod tests {
             address,
             imap,
             folder: None,
+            lax_certificates: false,
         }]
     }
 
@@ -442,7 +456,8 @@ mod tests {
         let log = read(
             "used_transport_settings=1: ***@example.org imap:[imap.example.org:993:tls] \
              folder:\"Delta \\\"Chat\\\"\" smtp:[smtp.example.org:465:tls, smtp.example.org:587:starttls] \
-             cert_automatic,2: ***@example.net imap:[mail.example.net:993:tls] smtp:[] cert_strict",
+             cert_automatic,2: ***@example.net imap:[mail.example.net:993:tls] smtp:[] \
+             cert_accept_invalid_certificates",
         )
         .unwrap();
         assert_eq!(
@@ -452,14 +467,43 @@ mod tests {
                     address: Address::Domain("example.org".into()),
                     imap: vec![tls("imap.example.org", 993)],
                     folder: Some("Delta \"Chat\"".into()),
+                    lax_certificates: false,
                 },
                 Transport {
                     address: Address::Domain("example.net".into()),
                     imap: vec![tls("mail.example.net", 993)],
                     folder: None,
+                    lax_certificates: true,
                 },
             ]
         );
+    }
+
+    #[test]
+    fn certificates_the_app_takes_unchecked() {
+        for (line, lax) in [
+            (
+                "used_account_settings=me@example.org imap:me:***:imap.example.org:993:Ssl:\
+                 cert_accept_invalid_certificates:AUTH_NORMAL smtp:me:***:h:465:Ssl:cert_strict:AUTH_NORMAL",
+                true,
+            ),
+            (
+                "used_account_settings=me@example.org imap:me:***:imap.example.org:993:Ssl:AUTH_NORMAL \
+                 smtp:me:***:h:465:Ssl:AUTH_NORMAL cert_accept_invalid_certificates2",
+                true,
+            ),
+            (
+                "used_transport_settings=1: ***@example.org imap:[imap.example.org:993:tls] smtp:[] \
+                 cert_strict",
+                false,
+            ),
+        ] {
+            assert_eq!(
+                read(line).unwrap().transports[0].lax_certificates,
+                lax,
+                "{line}"
+            );
+        }
     }
 
     #[test]

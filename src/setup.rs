@@ -53,7 +53,7 @@ pub fn run(config: &Config, out: &Output) -> Result<Outcome> {
     let before = env
         .get("DELTAPUSH_WATCH")
         .and_then(|u| WatchUrl::parse(&u).ok());
-    let urls = servers(setup, &log, before.as_ref(), &mut tty, out)?;
+    let (urls, lax) = servers(setup, &log, before.as_ref(), &mut tty, out)?;
     let first = &urls[0];
 
     // The secret: given, kept from the last set-up of the same user, or typed.
@@ -84,7 +84,16 @@ pub fn run(config: &Config, out: &Output) -> Result<Outcome> {
         }
     };
 
-    let url = check(config, setup, &urls, &secret, out)?;
+    let url = check(config, setup, &urls, &secret, out).map_err(|e| match e {
+        Error::NoServer { tried, last } if lax => Error::NoServer {
+            tried,
+            last: format!(
+                "{last} (the app takes any certificate of this server, \
+                 cert_accept_invalid_certificates; the watcher checks it)"
+            ),
+        },
+        e => e,
+    })?;
     files.make_dirs()?;
 
     let secret = match pending {
@@ -227,21 +236,22 @@ fn feed(
 // ---------------------------------------------------------------------------------------------
 // The server
 
-/// The mailboxes to try, in the app's order, each trusted with the password.
+/// The mailboxes to try, in the app's order, each trusted with the password; and whether the
+/// app takes any certificate of them.
 fn servers(
     setup: &Setup,
     log: &Log,
     before: Option<&WatchUrl>,
     tty: &mut Option<Terminal>,
     out: &Output,
-) -> Result<Vec<WatchUrl>> {
+) -> Result<(Vec<WatchUrl>, bool)> {
     if let Some(url) = &setup.url {
-        return Ok(vec![url.clone()]);
+        return Ok((vec![url.clone()], false));
     }
     if log.transports.is_empty() {
         // A token-only paste for an account set up before keeps its server.
         if let Some(url) = before {
-            return Ok(vec![url.clone()]);
+            return Ok((vec![url.clone()], false));
         }
         if let Some(line) = log.unread_settings {
             say(
@@ -255,7 +265,7 @@ fn servers(
             "--watch imaps://USER@HOST",
             "Your IMAP server, as imaps://USER@HOST[:PORT] (%40 for an @ in USER): ",
         )?;
-        return Ok(vec![WatchUrl::parse(&text)?]);
+        return Ok((vec![WatchUrl::parse(&text)?], false));
     }
     let domains: Vec<&str> = log.transports.iter().map(|t| t.address.domain()).collect();
     let same_domain = |a: &str| domains.iter().any(|d| domain_of(a).eq_ignore_ascii_case(d));
@@ -366,7 +376,7 @@ fn servers(
         }
         trusted.push(host);
     }
-    Ok(urls)
+    Ok((urls, transport.lax_certificates))
 }
 
 /// Logs in over the first server that answers, as `--check --watch` does; its lines are said.

@@ -217,6 +217,35 @@ fn every_form_of_the_log_sets_up_its_account() {
             .unwrap()
             .contains(&format!("\nDELTAPUSH_WATCH={imaps}\n"))
     );
+    // A server whose certificate the app takes unchecked (here: not signed by a CA this machine
+    // trusts): the watcher checks it, and the line says why the app did not mind.
+    let sandbox = Sandbox::new();
+    let password = private_file(sandbox.home.path(), "pw", &format!("{}\n", tls.password));
+    let cmd = setup(
+        &sandbox,
+        &[
+            "--address",
+            USER,
+            "--trust-server",
+            "localhost",
+            "--password-file",
+            password.to_str().unwrap(),
+        ],
+    );
+    let lax =
+        here(log("android-2.59")).replace("] cert_automatic", "] cert_accept_invalid_certificates");
+    let run = exec(cmd, lax.as_str());
+    assert_eq!(run.code, 69, "{run:?}");
+    assert!(
+        run.stderr.starts_with(&format!(
+            "deltapush-mda: none of the 2 servers in the log answered, the last: {imap}: "
+        )) && run.stderr.ends_with(
+            " (the app takes any certificate of this server, cert_accept_invalid_certificates; \
+             the watcher checks it); nothing written\n"
+        ) && run.stderr.lines().count() == 1,
+        "{run:?}"
+    );
+    assert!(!config(&sandbox).exists());
     // A wrong password: refused by the server, so nothing is written. Last: Dovecot slows the
     // logins from an address after a failed one.
     let sandbox = Sandbox::new();
