@@ -244,7 +244,18 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Turns clap's multi-line report into our one-line form.
 pub fn usage_line(err: &clap::Error) -> String {
     let text = err.to_string();
-    let first = text.lines().next().unwrap_or_default();
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or_default();
     let first = first.strip_prefix("error: ").unwrap_or(first);
-    format!("{first}; see --help")
+    // "the following required arguments were not provided:" lists them on the lines below.
+    match first.strip_suffix(':') {
+        Some(head) => {
+            let listed: Vec<&str> = lines
+                .take_while(|l| l.starts_with("  "))
+                .map(str::trim)
+                .collect();
+            format!("{head}: {}; see --help", listed.join(", "))
+        }
+        None => format!("{first}; see --help"),
+    }
 }
