@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::dovecot::{Dovecot, MailServer, USER, Variant, Version};
 use common::lmtp::Lmtp;
-use common::realmail::{Ca, Daemon, MailUser, TlsFront, free_port, poll, require};
+use common::realmail::{Ca, Daemon, MailUser, TlsFront, free_port, poll};
 use common::{Input, Relay, Run, Sandbox, TOKEN_BODY, chat, exec, line, mode, run_cases, shown};
 
 /// The tokens of the logs in tests/data/applog/.
@@ -510,27 +510,10 @@ fn from_the_log_on_a_terminal_to_a_woken_phone() {
 
 /// `systemd-analyze verify` on the instance `work` of the unit the set-up wrote.
 fn verify(sandbox: &Sandbox, unit: &Path) {
-    let analyze = require("systemd-analyze");
-    let runtime = sandbox.home.path().join("runtime");
-    fs::create_dir(&runtime).unwrap();
-    fs::set_permissions(&runtime, fs::Permissions::from_mode(0o700)).unwrap();
-    let out = Command::new(analyze)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", sandbox.home.path())
-        .env("XDG_CONFIG_HOME", config(sandbox))
-        .env("XDG_RUNTIME_DIR", &runtime)
-        .args(["--user", "--man=no", "verify"])
-        .arg(unit.with_file_name("deltapush-watch@work.service"))
-        .output()
-        .unwrap();
-    assert_eq!(
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).as_ref()
-        ),
-        (Some(0), ""),
-        "{out:?}"
+    common::realmail::verify_user_unit(
+        sandbox.home.path(),
+        Some(&config(sandbox)),
+        &unit.with_file_name("deltapush-watch@work.service"),
     );
 }
 
