@@ -1,0 +1,979 @@
+//! `deltapush-mda --watch` (issue 20) against the servers of the internet as the stand-in IMAP
+//! server (tests/common/imap.rs) plays them: floods, tricklers, endless literals, hostile text,
+//! Gmail's connection limit, Outlook's expiring tokens and throttling, an IDLE that stops
+//! telling, keepalives, and the refusals that end the watcher. Each case asserts the exit
+//! status and stderr, the connections, logins and commands the server received, the POSTs at the
+//! relay, and the watcher's peak memory where a server could make it grow.
+//!
+//! The watcher's clock runs faster where a case would otherwise wait it out
+//! (`DELTAPUSH_WATCH_SPEEDUP`); `--timeout` is not scaled. The cases run side by side.
+
+mod common;
+
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::imap::{Act, Connection, ImapServer, On};
+use common::realmail::{Daemon, poll, wait_for};
+use common::{PLAIN, Relay, Sandbox, TOKEN_BODY, bounce, chat, line, run_cases, token};
+
+const USER: &str = "me@example.org";
+const PASSWORD: &str = "pw-stand-in";
+/// The most the watcher may hold resident at its peak, whatever a server sends (KiB).
+const PEAK_KIB: u64 = 16 * 1024;
+/// How long a case waits for something the watcher should do at once.
+const SOON: Duration = Duration::from_secs(5);
+
+/// A stand-in server, a relay and a sandbox: where every case starts.
+struct Site {
+    imap: ImapServer,
+    relay: Relay,
+    sandbox: Sandbox,
+    password_file: PathBuf,
+    token: String,
+    /// The watcher's clock runs this many times faster.
+    speedup: u32,
+}
+
+impl Site {
+    fn new(speedup: u32) -> Site {
+        let sandbox = Sandbox::new();
+        let password_file = sandbox.write("password", format!("{PASSWORD}\n"));
+        fs::set_permissions(&password_file, fs::Permissions::from_mode(0o600)).unwrap();
+        Site {
+            imap: ImapServer::start(),
+            relay: Relay::start(),
+            sandbox,
+            password_file,
+            token: token(20),
+            speedup,
+        }
+    }
+
+    fn url(&self) -> String {
+        self.imap.url(USER)
+    }
+
+    /// The watcher on `url`, logging in with the password file, waking with `--interval 0`.
+    fn command(&self, url: &str, extra: &[&str]) -> Command {
+        let mut cmd = self.sandbox.command();
+        cmd.args(["--watch", url, "--interval", "0", "--url", &self.relay.url])
+            .args(extra)
+            .arg(&self.token)
+            .env("DELTAPUSH_WATCH_SPEEDUP", self.speedup.to_string());
+        if !extra.contains(&"--password-command") {
+            cmd.arg("--password-file").arg(&self.password_file);
+        }
+        cmd
+    }
+
+    fn watch(&self, extra: &[&str]) -> Watcher {
+        Watcher::spawn(self.sandbox.home.path(), self.command(&self.url(), extra))
+    }
+
+    /// Delivers `message`; returns when it landed.
+    fn deliver(&self, message: &[u8]) -> Instant {
+        self.imap.deliver(message);
+        Instant::now()
+    }
+
+    /// Waits until connection `n` is in IDLE, the `k`th time (from 1).
+    fn wait_idle(&self, n: usize, k: usize) {
+        wait_for(SOON * 2, &format!("IDLE {k} on connection {n}"), || {
+            self.imap.connections().get(n).is_some_and(|c| {
+                c.verbs().last().is_some_and(|v| v == "IDLE")
+                    && c.verbs().iter().filter(|v| *v == "IDLE").count() == k
+            })
+        });
+    }
+
+    /// Waits for the `n`th POST (from 1) and returns when each arrived.
+    fn wait_posts(&self, n: usize, limit: Duration) -> Vec<Instant> {
+        let got = poll(limit, || self.relay.posts().len() >= n);
+        let times = self.relay.post_times(&self.token);
+        assert!(
+            got.is_some(),
+            "{} POSTs within {limit:?}, expected {n}",
+            times.len()
+        );
+        times
+    }
+
+    /// The connections so far, at least `n` of them (waiting for them if need be).
+    fn connections(&self, n: usize) -> Vec<Connection> {
+        wait_for(SOON * 2, &format!("{n} connections"), || {
+            self.imap.connections().len() >= n
+        });
+        self.imap.connections()
+    }
+
+    /// Asserts the logins the server received, in order: (connection, secret), user `USER`.
+    fn assert_logins(&self, how: &str, want: &[(usize, &str)]) {
+        let got: Vec<(usize, String)> = self
+            .imap
+            .logins()
+            .into_iter()
+            .map(|l| {
+                assert_eq!((l.how, l.user.as_str()), (how, USER), "{l:?}");
+                (l.connection, l.secret)
+            })
+            .collect();
+        let want: Vec<(usize, String)> = want.iter().map(|(n, s)| (*n, s.to_string())).collect();
+        assert_eq!(got, want);
+    }
+}
+
+/// One run of the watcher, its stderr in a file.
+struct Watcher {
+    daemon: Daemon,
+    stderr: PathBuf,
+}
+
+impl Watcher {
+    fn spawn(dir: &Path, mut cmd: Command) -> Watcher {
+        let stderr = dir.join("watcher.stderr");
+        cmd.stdout(File::create(dir.join("watcher.stdout")).unwrap())
+            .stderr(File::create(&stderr).unwrap());
+        Watcher {
+            daemon: Daemon::spawn("deltapush-mda --watch", cmd),
+            stderr,
+        }
+    }
+
+    /// Its stderr so far, which never shows a token or password, nor a panic.
+    fn stderr(&self) -> String {
+        let text = fs::read_to_string(&self.stderr).unwrap_or_default();
+        for secret in [TOKEN_BODY, PASSWORD, "ya29."] {
+            assert!(!text.contains(secret), "a secret shown: {text}");
+        }
+        assert!(!text.contains("panicked"), "a panic: {text}");
+        text
+    }
+
+    /// Waits until stderr holds `want` (whole lines) and returns when.
+    fn wait_stderr(&self, want: &str, limit: Duration) -> Instant {
+        let found = poll(limit, || self.stderr().contains(want));
+        assert!(
+            found.is_some(),
+            "no {want:?} within {limit:?}; stderr:\n{}",
+            self.stderr()
+        );
+        Instant::now()
+    }
+
+    /// Its peak resident memory so far (VmHWM), in KiB.
+    fn peak_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.daemon.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmHWM in {status}"))
+    }
+
+    /// Asserts the peak memory bound, then SIGTERM: exit status and stderr.
+    fn terminate(mut self) -> (Option<i32>, String) {
+        let peak = self.peak_kib();
+        assert!(
+            peak <= PEAK_KIB,
+            "peak resident memory {peak} KiB, more than {PEAK_KIB} KiB"
+        );
+        // SAFETY: a plain syscall on the watcher this test started.
+        unsafe { libc::kill(self.daemon.pid() as libc::pid_t, libc::SIGTERM) };
+        let status = self.daemon.wait(SOON);
+        (status.code(), self.stderr())
+    }
+
+    /// Waits for the watcher to end by itself: exit status and stderr.
+    fn exit(mut self) -> (Option<i32>, String) {
+        let status = self.daemon.wait(SOON * 3);
+        (status.code(), self.stderr())
+    }
+}
+
+fn watching(url: &str) -> String {
+    line(&format!("watching {url} with IDLE"))
+}
+
+/// The line of a connection that ended and is tried again after `secs` (nominal).
+fn again(url: &str, why: &str, secs: u64) -> String {
+    line(&format!("{url}: {why}; trying again in {secs} s"))
+}
+
+fn verbs(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| w.to_string()).collect()
+}
+
+/// Asserts that a connection that watched did what a watcher does and nothing else: log in,
+/// ask for the capabilities (the login's OK carries them, but in its tagged answer), EXAMINE, catch up, then rounds of IDLE, DONE and a fetch (after news or a renewal), ended by
+/// `end` (e.g. `DONE`, `LOGOUT` after SIGTERM). Returns the number of rounds.
+fn assert_watched(c: &Connection, login: &str, end: &[&str]) -> usize {
+    let v = c.verbs();
+    let start = verbs(&[login, "CAPABILITY", "EXAMINE", "UID FETCH"]);
+    let end = verbs(&[&["IDLE"], end].concat());
+    let bad = || format!("not a watcher's session: {v:?}");
+    assert!(v.starts_with(&start) && v.ends_with(&end), "{}", bad());
+    let middle = &v[start.len()..v.len() - end.len()];
+    let mut rounds = 0;
+    let mut rest = middle;
+    while !rest.is_empty() {
+        let round = [
+            verbs(&["IDLE", "DONE", "UID FETCH"]),
+            verbs(&["IDLE", "DONE", "NOOP", "UID FETCH"]),
+        ]
+        .into_iter()
+        .find(|r| rest.starts_with(r))
+        .unwrap_or_else(|| panic!("{}", bad()));
+        rest = &rest[round.len()..];
+        rounds += 1;
+    }
+    rounds
+}
+
+/// The fetches of a connection: its `UID FETCH` lines.
+fn fetches(c: &Connection) -> Vec<String> {
+    c.lines
+        .iter()
+        .filter(|l| l.starts_with("UID FETCH"))
+        .cloned()
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// The baseline: a server that behaves, a chat message woken once, a bounce not at all, and
+/// exactly the commands a watcher needs.
+fn a_well_behaved_server() {
+    let site = Site::new(1);
+    site.deliver(PLAIN.as_bytes());
+    let w = site.watch(&[]);
+    let url = site.url();
+    w.wait_stderr(&watching(&url), SOON);
+    site.wait_idle(0, 1);
+    site.deliver(&bounce());
+    site.wait_idle(0, 2);
+    let landed = site.deliver(&chat());
+    let posts = site.wait_posts(1, SOON);
+    assert!(posts[0] > landed && posts[0] - landed < Duration::from_secs(1));
+    site.wait_idle(0, 3);
+    let (status, stderr) = w.terminate();
+    assert_eq!((status, stderr), (Some(0), watching(&url)));
+    let c = site.connections(1);
+    assert_eq!(c.len(), 1);
+    assert_eq!(
+        c[0].verbs(),
+        verbs(&[
+            "LOGIN",
+            "CAPABILITY",
+            "EXAMINE",
+            "UID FETCH",
+            "IDLE",
+            "DONE",
+            "UID FETCH",
+            "IDLE",
+            "DONE",
+            "UID FETCH",
+            "IDLE",
+            "DONE",
+            "LOGOUT",
+        ])
+    );
+    // From UIDNEXT on: the message there before the start wakes no one.
+    assert_eq!(
+        fetches(&c[0]),
+        [2, 2, 3].map(|n| format!("UID FETCH {n}:* (UID BODY.PEEK[HEADER]<0.262144>)"))
+    );
+    assert_eq!(c[0].lines[2], "EXAMINE INBOX");
+    site.assert_logins("LOGIN", &[(0, PASSWORD)]);
+    assert_eq!(site.relay.posts().len(), 1);
+}
+
+/// Untagged `* OK [CODE …]` lines for 2.5 s inside IDLE: nothing piles up, and the message
+/// delivered after them is woken.
+fn a_flood_of_untagged_codes_costs_no_memory() {
+    let site = Site::new(1);
+    let flood = Duration::from_millis(2500);
+    site.imap.script(
+        On::Idling,
+        1,
+        vec![Act::Flood(
+            vec![
+                b"* OK [UIDNEXT 5] x".to_vec(),
+                b"* OK [ALERT] System maintenance on Sunday, 02:00 to 04:00 UTC".to_vec(),
+            ],
+            flood,
+        )],
+    );
+    let w = site.watch(&[]);
+    let url = site.url();
+    w.wait_stderr(&watching(&url), SOON);
+    site.wait_idle(0, 1);
+    let started = Instant::now();
+    // Announced once the flood is over.
+    site.deliver(&chat());
+    let posts = site.wait_posts(1, flood + SOON);
+    assert!(posts[0] - started >= flood, "woken before the flood ended");
+    site.wait_idle(0, 2);
+    let sent = site.imap.connections()[0].sent;
+    assert!(sent > 16 << 20, "a flood of only {sent} bytes");
+    let (status, stderr) = w.terminate();
+    assert_eq!((status, stderr), (Some(0), watching(&url)));
+    let c = site.connections(1);
+    assert_eq!(c.len(), 1);
+    assert_eq!(assert_watched(&c[0], "LOGIN", &["DONE", "LOGOUT"]), 1);
+    assert_eq!(site.relay.posts().len(), 1);
+}
+
+/// A server that sends its greeting one byte every 2 s, with `--timeout 3s`: dropped after 3 s,
+/// then a connection to a server that behaves, after the backoff.
+fn a_trickled_greeting_is_dropped_at_the_timeout() {
+    let site = Site::new(100);
+    site.imap.script(
+        On::Greeting,
+        1,
+        vec![Act::Trickle(
+            b"* OK [CAPABILITY IMAP4rev1 IDLE] ready\r\n".to_vec(),
+            Duration::from_secs(2),
+        )],
+    );
+    let w = site.watch(&["--timeout", "3s"]);
+    let url = site.url();
+    let want = format!(
+        "{}{}",
+        again(&url, "the server did not answer in time", 1),
+        watching(&url)
+    );
+    w.wait_stderr(&want, Duration::from_secs(8));
+    site.wait_idle(1, 1);
+    let (status, stderr) = w.terminate();
+    assert_eq!((status, stderr), (Some(0), want));
+    let c = site.connections(2);
+    assert_eq!(c.len(), 2);
+    assert_dropped_after(&c[0], c[0].opened, Duration::from_secs(3));
+    assert!(c[0].verbs().is_empty(), "{:?}", c[0].lines);
+    assert!(c[1].opened - c[0].closed.unwrap() < Duration::from_secs(1));
+    assert_watched(&c[1], "LOGIN", &["DONE", "LOGOUT"]);
+    site.assert_logins("LOGIN", &[(1, PASSWORD)]);
+    assert!(site.relay.posts().is_empty());
+}
+
+/// Asserts that the watcher hung up on `c` the timeout after `from`, not sooner and not much
+/// later.
+fn assert_dropped_after(c: &Connection, from: Instant, timeout: Duration) {
+    let closed = c.closed.expect("the connection is still open");
+    let after = closed - from;
+    assert!(
+        after >= timeout - Duration::from_millis(50) && after < timeout + Duration::from_secs(1),
+        "dropped {after:?} after it began, with a timeout of {timeout:?}"
+    );
+}
+
+/// The answer to EXAMINE trickled: the command's whole answer is due within `--timeout`.
+fn a_trickled_answer_is_dropped_at_the_timeout() {
+    let site = Site::new(100);
+    site.imap.script(
+        On::Command("EXAMINE"),
+        1,
+        vec![Act::Trickle(
+            b"* 0 EXISTS\r\n* OK [UIDVALIDITY 1] x\r\n{tag} OK done\r\n".to_vec(),
+            Duration::from_millis(500),
+        )],
+    );
+    let w = site.watch(&["--timeout", "3s"]);
+    let url = site.url();
+    let want = format!(
+        "{}{}",
+        again(&url, "the server did not answer in time", 1),
+        watching(&url)
+    );
+    w.wait_stderr(&want, Duration::from_secs(8));
+    site.wait_idle(1, 1);
+    let (status, stderr) = w.terminate();
+    assert_eq!((status, stderr), (Some(0), want));
+    let c = site.connections(2);
+    assert_eq!(c.len(), 2);
+    // The login takes a few ms: the EXAMINE began about when the connection did.
+    assert_dropped_after(&c[0], c[0].opened, Duration::from_secs(3));
+    assert_eq!(c[0].verbs(), verbs(&["LOGIN", "CAPABILITY", "EXAMINE"]));
+    assert_watched(&c[1], "LOGIN", &["DONE", "LOGOUT"]);
+    site.assert_logins("LOGIN", &[(0, PASSWORD), (1, PASSWORD)]);
+}
+
+/// Inside IDLE, 4 s of silence are fine with `--timeout 3s`; a line that then trickles is not.
+fn a_trickled_line_inside_idle_is_dropped_at_the_timeout() {
+    // The renewal (30 s here) stays out of the way.
+    let site = Site::new(10);
+    let silence = Duration::from_secs(4);
+    site.imap.script(
+        On::Idling,
+        1,
+        vec![
+            Act::Pause(silence),
+            Act::Trickle(b"* OK Still here\r\n".to_vec(), Duration::from_secs(2)),
+        ],
+    );
+    let w = site.watch(&["--timeout", "3s"]);
+    let url = site.url();
+    w.wait_stderr(&watching(&url), SOON);
+    site.wait_idle(0, 1);
+    let idled = Instant::now();
+    let want = format!(
+        "{}{}{}",
+        watching(&url),
+        again(&url, "the server did not answer in time", 1),
+        watching(&url)
+    );
+    w.wait_stderr(&want, Duration::from_secs(10));
+    site.wait_idle(1, 1);
+    let (status, stderr) = w.terminate();
+    assert_eq!((status, stderr), (Some(0), want));
+    let c = site.connections(2);
+    assert_eq!(c.len(), 2);
+    assert_dropped_after(&c[0], idled + silence, Duration::from_secs(3));
+    assert_eq!(
+        c[0].verbs(),
+        verbs(&["LOGIN", "CAPABILITY", "EXAMINE", "UID FETCH", "IDLE"])
+    );
+    assert_watched(&c[1], "LOGIN", &["DONE", "LOGOUT"]);
+}
+
+/// A FETCH answer announcing a literal of 2 GiB: refused when announced, not read; then a
+/// reconnect that works.
+fn a_huge_literal_is_refused_unread() {
+    let site = Site::new(100);
+    site.deliver(&chat());
+    site.imap.script(
+        On::Command("UID FETCH"),
+        1,
+        vec![Act::Literal(
+            b"* 1 FETCH (UID 2 BODY[HEADER]<0> {2147483648}\r\n".to_vec(),
+            2_147_483_648,
+        )],
+    );
+    let w = site.watch(&[]);
+    let url = site.url();
+    let want = format!(
+        "{}{}",
+        again(
+            &url,
+            "the server announced a literal of 2147483648 bytes, more than the 262144 asked for",
+            1
+        ),
+        watching(&url)
+    );
+    w.wait_stderr(&want, SOON);
+    site.wait_idle(1, 1);
+    let landed = site.deliver(&chat());
+    let posts = site.wait_posts(1, SOON);
+    assert!(posts[0] > landed);
+    site.wait_idle(1, 2);
+    let (status, stderr) = w.terminate();
+    assert_eq!((status, stderr), (Some(0), want));
+    let c = site.connections(2);
+    assert_eq!(c.len(), 2);
+    assert!(
+        c[0].sent < 1 << 20,
+        "{} bytes of the literal sent",
+        c[0].sent
+    );
+    assert!(c[0].closed.unwrap() - c[0].opened < Duration::from_secs(1));
+    assert_eq!(
+        c[0].verbs(),
+        verbs(&["LOGIN", "CAPABILITY", "EXAMINE", "UID FETCH"])
+    );
+    assert_eq!(assert_watched(&c[1], "LOGIN", &["DONE", "LOGOUT"]), 1);
+    assert_eq!(site.relay.posts().len(), 1);
+}
+
+/// What a hostile server may put in its text: a cleared and coloured terminal, a bell, a window
+/// title, a carriage return and NUL to forge a line, a bidi override, invalid UTF-8.
+fn hostile(words: &str) -> Vec<u8> {
+    let mut t = b"\x1b[2J\x1b[1;31m".to_vec();
+    t.extend_from_slice(words.as_bytes());
+    t.extend_from_slice(
+        b"\x07 \x1b]0;owned\x07now\rdeltapush-mda: forged\x00 \xe2\x80\xaeevil \xff\xfe end.",
+    );
+    t
+}
+
+/// How [`hostile`] text shows in a line of ours.
+fn cleaned(words: &str) -> String {
+    format!("{words} now deltapush-mda: forged evil \u{fffd}\u{fffd} end")
+}
+
+/// Hostile text in a greeting BYE, an EXAMINE BAD, a BYE inside IDLE, a login NO [ALERT] and
+/// a bare login NO: every line clean and exact.
+fn server_text_is_made_printable() {
+    let site = Site::new(1000);
+    let with = |head: &str, words: &str| {
+        let mut t = head.as_bytes().to_vec();
+        t.extend(hostile(words));
+        t.extend_from_slice(b"\r\n");
+        t
+    };
+    site.imap.script(
+        On::Greeting,
+        1,
+        vec![Act::Send(with("* BYE ", "greeting")), Act::Close],
+    );
+    site.imap.script(
+        On::Command("EXAMINE"),
+        1,
+        vec![Act::Send(with("{tag} BAD ", "examine"))],
+    );
+    site.imap.script(
+        On::Idling,
+        1,
+        vec![Act::Send(with("* BYE ", "idle")), Act::Close],
+    );
+    site.imap.script(On::Command("LOGIN"), 2, vec![Act::Normal]);
+    site.imap.script(
+        On::Command("LOGIN"),
+        1,
+        vec![Act::Send(with("{tag} NO [ALERT] ", "alert"))],
+    );
+    site.imap.script(
+        On::Command("LOGIN"),
+        1,
+        vec![Act::Send(with("{tag} NO ", "refused"))],
+    );
+    let w = site.watch(&[]);
+    let url = site.url();
+    let (status, stderr) = w.exit();
+    assert_eq!(
+        (status, stderr),
+        (
+            Some(77),
+            [
+                again(
+                    &url,
+                    &format!("the server said BYE: {}", cleaned("greeting")),
+                    1
+                ),
+                again(&url, &format!("EXAMINE refused: {}", cleaned("examine")), 2),
+                watching(&url),
+                again(
+                    &url,
+                    &format!("the server said BYE: {}", cleaned("idle")),
+                    4
+                ),
+                again(
+                    &url,
+                    &format!("the server refused the login: {}", cleaned("alert")),
+                    120
+                ),
+                line(&format!(
+                    "{url}: the server refused the login: {}; fix the password, then start again",
+                    cleaned("refused")
+                )),
+            ]
+            .concat()
+        )
+    );
+    let c = site.connections(5);
+    assert_eq!(c.len(), 5);
+    assert_eq!(
+        c.iter().map(Connection::verbs).collect::<Vec<_>>(),
+        [
+            verbs(&[]),
+            verbs(&["LOGIN", "CAPABILITY", "EXAMINE"]),
+            verbs(&["LOGIN", "CAPABILITY", "EXAMINE", "UID FETCH", "IDLE"]),
+            verbs(&["LOGIN"]),
+            verbs(&["LOGIN"]),
+        ]
+    );
+    site.assert_logins(
+        "LOGIN",
+        &[(1, PASSWORD), (2, PASSWORD), (3, PASSWORD), (4, PASSWORD)],
+    );
+}
+
+/// Gmail's 16th connection: `NO [ALERT] Too many simultaneous connections. (Failure)`, three
+/// times, then the login works. Never an exit: retried at the login pace, said once.
+fn gmail_connection_limit_is_retried_at_the_login_pace() {
+    let site = Site::new(100);
+    site.imap.script(
+        On::Command("LOGIN"),
+        3,
+        vec![Act::tagged(
+            "NO [ALERT] Too many simultaneous connections. (Failure)",
+        )],
+    );
+    let w = site.watch(&[]);
+    let url = site.url();
+    let want = format!(
+        "{}{}",
+        again(
+            &url,
+            "the server refused the login: Too many simultaneous connections. (Failure)",
+            120
+        ),
+        watching(&url)
+    );
+    w.wait_stderr(&want, Duration::from_secs(15));
+    site.wait_idle(3, 1);
+    let landed = site.deliver(&chat());
+    let posts = site.wait_posts(1, SOON);
+    assert!(posts[0] > landed && posts[0] - landed < Duration::from_secs(1));
+    let (status, stderr) = w.terminate();
+    assert_eq!((status, stderr), (Some(0), want));
+    let c = site.connections(4);
+    assert_eq!(c.len(), 4);
+    // 120 s, 240 s, 480 s, at 100 times the speed.
+    for (i, pace) in [1200, 2400, 4800].into_iter().enumerate() {
+        let waited = c[i + 1].opened - c[i].closed.unwrap();
+        assert!(
+            waited >= Duration::from_millis(pace) && waited < Duration::from_millis(pace + 1000),
+            "connection {}: waited {waited:?}, expected {pace} ms",
+            i + 1
+        );
+        assert_eq!(c[i].verbs(), verbs(&["LOGIN"]));
+    }
+    assert_watched(&c[3], "LOGIN", &["DONE", "LOGOUT"]);
+    site.assert_logins(
+        "LOGIN",
+        &[(0, PASSWORD), (1, PASSWORD), (2, PASSWORD), (3, PASSWORD)],
+    );
+    assert_eq!(site.relay.posts().len(), 1);
+}
+
+/// Outlook: XOAUTH2 with a token from the command, fresh at every login. The session ends with
+/// `AccessTokenExpired`; the next token is refused with a bare NO twice (retried at the login
+/// pace, said once); EXAMINE is throttled with a suggested backoff time, honoured.
+fn outlook_expired_tokens_and_throttling() {
+    let site = Site::new(100);
+    let helper = site.sandbox.write(
+        "token-helper",
+        "#!/bin/sh\nn=$(( $(cat \"$0.runs\" 2>/dev/null || echo 0) + 1 ))\necho $n > \"$0.runs\"\n\
+         echo ya29.fresh-$n\n",
+    );
+    fs::set_permissions(&helper, fs::Permissions::from_mode(0o700)).unwrap();
+    site.imap.script(
+        On::Idling,
+        1,
+        vec![
+            Act::line("* BYE Session invalidated - AccessTokenExpired"),
+            Act::Close,
+        ],
+    );
+    site.imap
+        .script(On::Command("AUTHENTICATE"), 1, vec![Act::Normal]);
+    site.imap.script(
+        On::Command("AUTHENTICATE"),
+        2,
+        vec![Act::tagged("NO AUTHENTICATE failed.")],
+    );
+    site.imap
+        .script(On::Command("EXAMINE"), 1, vec![Act::Normal]);
+    site.imap.script(
+        On::Command("EXAMINE"),
+        1,
+        vec![Act::tagged(
+            "BAD Request is throttled. Suggested Backoff Time: 30000 milliseconds",
+        )],
+    );
+    let w = site.watch(&[
+        "--auth",
+        "xoauth2",
+        "--password-command",
+        helper.to_str().unwrap(),
+    ]);
+    let url = site.url();
+    let want = [
+        watching(&url),
+        again(
+            &url,
+            "the server said BYE: Session invalidated - AccessTokenExpired",
+            1,
+        ),
+        again(
+            &url,
+            "the server refused the login: AUTHENTICATE failed",
+            120,
+        ),
+        again(
+            &url,
+            "EXAMINE refused: Request is throttled. Suggested Backoff Time: 30000 milliseconds",
+            30,
+        ),
+        watching(&url),
+    ]
+    .concat();
+    w.wait_stderr(&want, Duration::from_secs(15));
+    site.wait_idle(4, 1);
+    let landed = site.deliver(&chat());
+    let posts = site.wait_posts(1, SOON);
+    assert!(posts[0] > landed);
+    let (status, stderr) = w.terminate();
+    assert_eq!((status, stderr), (Some(0), want));
+    let c = site.connections(5);
+    assert_eq!(c.len(), 5);
+    let waited = |n: usize| c[n].opened - c[n - 1].closed.unwrap();
+    // The login pace, 120 s then 240 s; the server's 30 s rather than a backoff of 2 s.
+    for (n, ms) in [(2, 1200), (3, 2400), (4, 300)] {
+        assert!(
+            waited(n) >= Duration::from_millis(ms),
+            "connection {n} after {:?}, expected at least {ms} ms",
+            waited(n)
+        );
+    }
+    assert_eq!(
+        c[0].verbs(),
+        verbs(&["AUTHENTICATE", "CAPABILITY", "EXAMINE", "UID FETCH", "IDLE"])
+    );
+    assert_eq!(c[1].verbs(), verbs(&["AUTHENTICATE"]));
+    assert_eq!(c[2].verbs(), verbs(&["AUTHENTICATE"]));
+    assert_eq!(
+        c[3].verbs(),
+        verbs(&["AUTHENTICATE", "CAPABILITY", "EXAMINE"])
+    );
+    assert_watched(&c[4], "AUTHENTICATE", &["DONE", "LOGOUT"]);
+    let tokens: Vec<String> = (1..=5).map(|n| format!("ya29.fresh-{n}")).collect();
+    site.assert_logins(
+        "XOAUTH2",
+        &tokens
+            .iter()
+            .enumerate()
+            .map(|(n, t)| (n, t.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    let runs = fs::read_to_string(helper.with_extension("runs")).unwrap_or_default();
+    assert_eq!(runs, "5\n", "the helper's runs");
+    assert_eq!(site.relay.posts().len(), 1);
+}
+
+/// An IDLE that never tells of new mail: the message is found at the renewal (300 s, here 3 s),
+/// the watcher says once that it renews every 60 s from now on, and the next such message is
+/// woken within that.
+fn a_silent_idle_is_renewed_more_often() {
+    let site = Site::new(100);
+    site.imap.silent_idle();
+    let w = site.watch(&[]);
+    let url = site.url();
+    w.wait_stderr(&watching(&url), SOON);
+    site.wait_idle(0, 1);
+    let idled = Instant::now();
+    site.deliver(&chat());
+    let learned = line(&format!(
+        "{url}: IDLE did not announce new mail; renewing it every 60 s from now on"
+    ));
+    let posts = site.wait_posts(1, SOON);
+    let late = posts[0] - idled;
+    assert!(
+        late >= Duration::from_millis(2900) && late < Duration::from_millis(4000),
+        "woken {late:?} after IDLE began, expected at its renewal after 3 s"
+    );
+    w.wait_stderr(&learned, SOON);
+    for n in 2..=3 {
+        let landed = site.deliver(&chat());
+        let posts = site.wait_posts(n, SOON);
+        let late = posts[n - 1] - landed;
+        assert!(
+            late < Duration::from_millis(1000),
+            "message {n} woken {late:?} after it landed, expected within 600 ms"
+        );
+    }
+    let (status, stderr) = w.terminate();
+    assert_eq!(
+        (status, stderr),
+        (Some(0), format!("{}{learned}", watching(&url)))
+    );
+    let c = site.connections(1);
+    assert_eq!(c.len(), 1);
+    assert_watched(&c[0], "LOGIN", &["DONE", "LOGOUT"]);
+    assert_eq!(site.relay.posts().len(), 3);
+}
+
+/// `* OK Still here` every 200 ms inside IDLE: no fetch for them, no memory.
+fn keepalives_cost_nothing() {
+    let site = Site::new(1);
+    site.imap
+        .keepalive("* OK Still here", Duration::from_millis(200));
+    let w = site.watch(&[]);
+    let url = site.url();
+    w.wait_stderr(&watching(&url), SOON);
+    site.wait_idle(0, 1);
+    // A wakeup first: what a POST costs is in the peak before the keepalives are counted.
+    let landed = site.deliver(&chat());
+    let posts = site.wait_posts(1, SOON);
+    assert!(posts[0] > landed && posts[0] - landed < Duration::from_secs(1));
+    site.wait_idle(0, 2);
+    let before = (w.peak_kib(), site.imap.connections()[0].sent);
+    std::thread::sleep(Duration::from_secs(2));
+    let after = (w.peak_kib(), site.imap.connections()[0].sent);
+    let keepalives = (after.1 - before.1) / "* OK Still here\r\n".len() as u64;
+    assert!(keepalives >= 8, "{keepalives} keepalives in 2 s");
+    assert!(
+        after.0 <= before.0 + 64,
+        "the peak grew from {} to {} KiB with {keepalives} keepalives",
+        before.0,
+        after.0
+    );
+    let (status, stderr) = w.terminate();
+    assert_eq!((status, stderr), (Some(0), watching(&url)));
+    let c = site.connections(1);
+    assert_eq!(
+        c[0].verbs(),
+        verbs(&[
+            "LOGIN",
+            "CAPABILITY",
+            "EXAMINE",
+            "UID FETCH",
+            "IDLE",
+            "DONE",
+            "UID FETCH",
+            "IDLE",
+            "DONE",
+            "LOGOUT",
+        ])
+    );
+    assert_eq!(site.relay.posts().len(), 1);
+}
+
+/// With a password file, `NO [AUTHENTICATIONFAILED]` and a bare NO end the watcher after
+/// exactly one login (exit 77); `NO [UNAVAILABLE]` is tried again.
+fn wrong_credentials_end_the_watcher_and_unavailable_does_not() {
+    for (answer, said) in [
+        (
+            "NO [AUTHENTICATIONFAILED] Invalid credentials (Failure)",
+            "Invalid credentials (Failure)",
+        ),
+        ("NO LOGIN failed.", "LOGIN failed"),
+    ] {
+        let site = Site::new(100);
+        site.imap
+            .script(On::Command("LOGIN"), usize::MAX, vec![Act::tagged(answer)]);
+        let w = site.watch(&[]);
+        let (status, stderr) = w.exit();
+        assert_eq!(
+            (status, stderr),
+            (
+                Some(77),
+                line(&format!(
+                    "{}: the server refused the login: {said}; fix the password, then start \
+                     again",
+                    site.url()
+                ))
+            ),
+            "{answer}"
+        );
+        let c = site.connections(1);
+        assert_eq!(c.len(), 1, "{answer}");
+        assert_eq!(c[0].verbs(), verbs(&["LOGIN"]), "{answer}");
+        site.assert_logins("LOGIN", &[(0, PASSWORD)]);
+    }
+    let site = Site::new(100);
+    site.imap.script(
+        On::Command("LOGIN"),
+        1,
+        vec![Act::tagged("NO [UNAVAILABLE] Maintenance, try again later")],
+    );
+    let w = site.watch(&[]);
+    let url = site.url();
+    let want = format!(
+        "{}{}",
+        again(
+            &url,
+            "login failed for now: Maintenance, try again later",
+            1
+        ),
+        watching(&url)
+    );
+    w.wait_stderr(&want, SOON);
+    site.wait_idle(1, 1);
+    let (status, stderr) = w.terminate();
+    assert_eq!((status, stderr), (Some(0), want));
+    let c = site.connections(2);
+    assert_eq!(c.len(), 2);
+    assert_eq!(c[0].verbs(), verbs(&["LOGIN"]));
+    assert_watched(&c[1], "LOGIN", &["DONE", "LOGOUT"]);
+    site.assert_logins("LOGIN", &[(0, PASSWORD), (1, PASSWORD)]);
+}
+
+/// EXAMINE answered `NO [NONEXISTENT]`: the mailbox is not there, exit 78.
+fn a_mailbox_that_does_not_exist_ends_the_watcher() {
+    let site = Site::new(100);
+    site.imap.script(
+        On::Command("EXAMINE"),
+        usize::MAX,
+        vec![Act::tagged("NO [NONEXISTENT] Mailbox doesn't exist: Chats")],
+    );
+    let url = format!("{}/Chats", site.url());
+    let w = Watcher::spawn(site.sandbox.home.path(), site.command(&url, &[]));
+    let (status, stderr) = w.exit();
+    assert_eq!(
+        (status, stderr),
+        (
+            Some(78),
+            line(&format!(
+                "{url}: the server cannot open the mailbox: Mailbox doesn't exist: Chats"
+            ))
+        )
+    );
+    let c = site.connections(1);
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].verbs(), verbs(&["LOGIN", "CAPABILITY", "EXAMINE"]));
+    assert_eq!(c[0].lines[2], "EXAMINE Chats");
+    site.assert_logins("LOGIN", &[(0, PASSWORD)]);
+}
+
+#[test]
+fn watch_against_the_servers_of_the_internet() {
+    let only = std::env::var("ONLY").unwrap_or_default(); // DEV
+    let cases: [(&'static str, fn()); 13] = [
+        ("a_well_behaved_server", a_well_behaved_server),
+        (
+            "a_flood_of_untagged_codes_costs_no_memory",
+            a_flood_of_untagged_codes_costs_no_memory,
+        ),
+        (
+            "a_trickled_greeting_is_dropped_at_the_timeout",
+            a_trickled_greeting_is_dropped_at_the_timeout,
+        ),
+        (
+            "a_trickled_answer_is_dropped_at_the_timeout",
+            a_trickled_answer_is_dropped_at_the_timeout,
+        ),
+        (
+            "a_trickled_line_inside_idle_is_dropped_at_the_timeout",
+            a_trickled_line_inside_idle_is_dropped_at_the_timeout,
+        ),
+        (
+            "a_huge_literal_is_refused_unread",
+            a_huge_literal_is_refused_unread,
+        ),
+        (
+            "server_text_is_made_printable",
+            server_text_is_made_printable,
+        ),
+        (
+            "gmail_connection_limit_is_retried_at_the_login_pace",
+            gmail_connection_limit_is_retried_at_the_login_pace,
+        ),
+        (
+            "outlook_expired_tokens_and_throttling",
+            outlook_expired_tokens_and_throttling,
+        ),
+        (
+            "a_silent_idle_is_renewed_more_often",
+            a_silent_idle_is_renewed_more_often,
+        ),
+        ("keepalives_cost_nothing", keepalives_cost_nothing),
+        (
+            "wrong_credentials_end_the_watcher_and_unavailable_does_not",
+            wrong_credentials_end_the_watcher_and_unavailable_does_not,
+        ),
+        (
+            "a_mailbox_that_does_not_exist_ends_the_watcher",
+            a_mailbox_that_does_not_exist_ends_the_watcher,
+        ),
+    ];
+    let cases: Vec<_> = cases
+        .into_iter()
+        .filter(|(n, _)| n.contains(&only))
+        .collect(); // DEV
+    run_cases(&cases);
+}
