@@ -189,8 +189,11 @@ impl Watcher {
 
     /// Waits for the watcher to end by itself: exit status and stderr.
     fn exit(mut self) -> (Option<i32>, String) {
-        let status = self.daemon.wait(SOON * 3);
-        (status.code(), self.stderr())
+        let limit = SOON * 3;
+        if poll(limit, || self.daemon.exited().is_some()).is_none() {
+            panic!("still running after {limit:?}; stderr:\n{}", self.stderr());
+        }
+        (self.daemon.wait(SOON).code(), self.stderr())
     }
 }
 
