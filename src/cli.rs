@@ -141,6 +141,12 @@ pub struct Cli {
           default_value_t = Auth::Password, requires = "watch")]
     pub auth: Auth,
 
+    /// The watcher's own clock (renewal, poll, backoff, login pace) runs this many times faster,
+    /// so the tests wait out none of them; --timeout is not affected. Not for people.
+    #[arg(long, hide = true, value_name = "N", env = "DELTAPUSH_WATCH_SPEEDUP", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..), requires = "watch")]
+    pub watch_speedup: u32,
+
     /// Print one line per decision on standard error
     #[arg(short, long, conflicts_with = "quiet")]
     pub verbose: bool,

@@ -49,6 +49,8 @@ pub struct Config {
     pub verbosity: Verbosity,
     /// Set with --watch, in every mode that takes it.
     pub watch: Option<Watch>,
+    /// How many times faster than real time the watcher's own clock runs (tests only).
+    pub watch_speedup: u32,
 }
 
 /// The default cache dir: `$XDG_CACHE_HOME/deltapush-mda`, else `~/.cache/deltapush-mda`.
@@ -143,6 +145,7 @@ impl Config {
                 v => v,
             },
             watch,
+            watch_speedup: cli.watch_speedup,
         })
     }
 }

@@ -34,7 +34,8 @@ pub const STATUSES: &[Status] = &[
     Status {
         code: UNAVAILABLE,
         meaning: "--check could not reach the relay, or found a deferred wakeup that was not sent; \
-                  --watch: an imap:// server without STARTTLS, or another watcher on the same mailbox",
+                  --watch: an imap:// server without STARTTLS, another watcher on the same mailbox, or no \
+                  TLS set-up",
     },
     Status {
         code: IOERR,
@@ -47,7 +48,8 @@ pub const STATUSES: &[Status] = &[
     Status {
         code: NOPERM,
         meaning: "started with a real or saved uid or gid other than the effective one, and could \
-                  not give it up: nothing was read or sent; --watch: the IMAP server refused the login",
+                  not give it up: nothing was read or sent; --watch: the IMAP server said that the password \
+                  from --password-file is wrong",
     },
     Status {
         code: CONFIG,

@@ -14,6 +14,7 @@ mod message;
 mod privileges;
 mod relay;
 mod run;
+mod text;
 mod token;
 mod wakeup;
 mod watch;

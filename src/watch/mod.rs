@@ -7,6 +7,7 @@
 //! mailbox as it is, and so does a UIDVALIDITY change: old mail wakes no one.
 
 mod mark;
+mod refusal;
 mod session;
 mod signals;
 mod transport;
@@ -18,30 +19,41 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use imap_next::imap_types::response::Capability;
 use rustls::ClientConfig;
 
 use crate::cache::Cache;
 use crate::cli::Auth;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::message;
 use crate::run::{self, Outcome, Output};
 
 use crate::account::{Secret, Security, Watch, read_password_file};
 use mark::Mark;
-use session::{Reply, Session, Woken};
+use refusal::{Pace, Refusal};
+use session::{Session, Woken};
 use transport::{Fault, Transport};
 
-/// IDLE is renewed this often: well inside the 29 minutes of RFC 2177, and each renewal (DONE,
-/// NOOP) proves the connection alive. A dead one is noticed sooner by TCP keepalive.
-const IDLE_RENEW: Duration = Duration::from_secs(10 * 60);
+// The watcher's own timings, as its clock counts them (see `Clock`).
+
+/// IDLE is renewed this often, and each renewal fetches by UID: a server whose IDLE stops
+/// announcing new mail without a word (mailbox.org, Outlook, Yahoo, iCloud, as their users
+/// report) costs a message at most this much delay. Delta Chat's core renews as often, and it is
+/// well inside AOL's 5 minutes and RFC 2177's 29.
+const IDLE_RENEW: Duration = Duration::from_secs(5 * 60);
+/// Once IDLE has missed a message, this server's IDLE is not trusted: a renewal a minute costs
+/// three small commands, and the next missed message is late by a minute at most.
+const IDLE_RENEW_UNTRUSTED: Duration = Duration::from_secs(60);
 /// A server without IDLE is asked (NOOP) this often: a message then waits 15 s on average and
 /// 30 s at most, for two small commands a minute, which no provider minds and which keep the
 /// session well inside the 30 minutes of an IMAP autologout.
 pub const POLL_EVERY: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(4 * 60);
+/// A refused login is tried again after 2 minutes, then 4, 8 and every 16: at most three
+/// failures in any 10 minutes, below fail2ban's default of 5 and Exchange's lockout threshold
+/// of 10, while an OAuth helper that had not yet refreshed its token is back within minutes.
+const FIRST_LOGIN_PACE: Duration = Duration::from_secs(2 * 60);
+const MAX_LOGIN_PACE: Duration = Duration::from_secs(16 * 60);
 /// A password command that takes longer than this is taken as failed.
 const COMMAND_LIMIT: Duration = Duration::from_secs(60);
 
@@ -50,21 +62,51 @@ const COMMAND_LIMIT: Duration = Duration::from_secs(60);
 /// off, so it cannot make the watcher reconnect every second.
 const STABLE: Duration = Duration::from_secs(60);
 
+/// The watcher's clock: real time, or in the tests (`--watch-speedup`) a clock that runs
+/// faster, so that no test waits out a renewal or a backoff. Lines name the nominal times.
+#[derive(Clone, Copy)]
+struct Clock {
+    speedup: u32,
+}
+
+impl Clock {
+    fn real(self, nominal: Duration) -> Duration {
+        nominal / self.speedup
+    }
+}
+
 /// Why one connection ended.
 enum End {
-    /// Reconnect after a backoff; says why.
+    /// Reconnect at this pace, and no sooner than the server asked; says why.
     Lost {
         why: String,
+        pace: Pace,
+        asked: Option<Duration>,
     },
     Stopped,
     Fatal(Error),
 }
 
+impl End {
+    fn lost(why: String) -> End {
+        End::Lost {
+            why,
+            pace: Pace::Backoff,
+            asked: None,
+        }
+    }
+}
+
 impl From<Fault> for End {
     fn from(f: Fault) -> End {
         match f {
-            Fault::Lost(why) => End::Lost { why },
             Fault::Stopped => End::Stopped,
+            Fault::Refused { why, asked } => End::Lost {
+                why,
+                pace: Pace::Backoff,
+                asked,
+            },
+            f => End::lost(f.why()),
         }
     }
 }
@@ -73,9 +115,9 @@ impl From<Fault> for End {
 fn secret(secret: &Secret) -> Result<String, End> {
     match secret {
         Secret::File(path) => read_password_file(path).map_err(End::Fatal),
-        Secret::Command(cmd) => run_password_command(cmd).map_err(|why| End::Lost {
-            why: format!("--password-command: {why}"),
-        }),
+        Secret::Command(cmd) => {
+            run_password_command(cmd).map_err(|why| End::lost(format!("--password-command: {why}")))
+        }
     }
 }
 
@@ -134,44 +176,57 @@ pub fn run(config: &Config, out: &Output) -> Result<Outcome> {
             url: watch.url.to_string(),
         });
     };
+    let clock = Clock {
+        speedup: config.watch_speedup,
+    };
     let mut watcher = Watcher {
         config,
         watch,
         out,
         tls,
         stop,
+        clock,
         mark_path: mark_path.as_path(),
         mark: mark::read(&mark_path),
         reported: None,
         watching_since: None,
+        renew: IDLE_RENEW,
+        login_pace: FIRST_LOGIN_PACE,
     };
     let mut backoff = FIRST_BACKOFF;
     loop {
-        match watcher.connection() {
+        let (why, pace, asked) = match watcher.connection() {
             End::Stopped => return Ok(Outcome::Done),
             End::Fatal(e) => return Err(e),
-            End::Lost { why } => {
-                if let Some(since) = watcher.watching_since.take()
-                    && since.elapsed() >= STABLE
-                {
-                    backoff = FIRST_BACKOFF;
-                }
-                let line = format!(
-                    "{}: {why}; trying again in {} s",
-                    watch.url,
-                    backoff.as_secs()
-                );
-                // One line per change of state: the same failure again is news only with -v.
-                match watcher.reported.as_deref() == Some(why.as_str()) {
-                    true => out.info(format_args!("{line}")),
-                    false => out.report(format_args!("{line}")),
-                }
-                watcher.reported = Some(why);
-                if signals::stopped_within(stop, backoff) {
-                    return Ok(Outcome::Done);
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
+            End::Lost { why, pace, asked } => (why, pace, asked),
+        };
+        if let Some(since) = watcher.watching_since.take()
+            && since.elapsed() >= clock.real(STABLE)
+        {
+            backoff = FIRST_BACKOFF;
+        }
+        let next = match pace {
+            Pace::Backoff => &mut backoff,
+            Pace::Login => &mut watcher.login_pace,
+        };
+        let wait = (*next).max(asked.unwrap_or_default());
+        *next = match pace {
+            Pace::Backoff => (*next * 2).min(MAX_BACKOFF),
+            Pace::Login => (*next * 2).min(MAX_LOGIN_PACE),
+        };
+        let line = format!(
+            "{}: {why}; trying again in {} s",
+            watch.url,
+            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+        );
+        // One line per change of state: the same failure again is news only with -v.
+        match watcher.reported.as_deref() == Some(why.as_str()) {
+            true => out.info(format_args!("{line}")),
+            false => out.report(format_args!("{line}")),
+        }
+        watcher.reported = Some(why);
+        if signals::stopped_within(stop, clock.real(wait)) {
+            return Ok(Outcome::Done);
         }
     }
 }
@@ -199,7 +254,7 @@ pub fn check(config: &Config) -> Vec<std::result::Result<String, (u8, String)>> 
         Err(End::Stopped) => return Vec::new(),
     };
     let mut lines = vec![Ok(format!("{url}: logged in as {}", url.user))];
-    lines.push(Ok(match s.has(&Capability::Idle) {
+    lines.push(Ok(match s.offers_idle() {
         true => format!("{url}: the server offers IDLE"),
         false => format!(
             "{url}: the server offers no IDLE; the watcher will ask every {} s",
@@ -224,17 +279,28 @@ pub fn check(config: &Config) -> Vec<std::result::Result<String, (u8, String)>> 
                 e.uidnext.map_or("unknown".to_string(), |n| n.to_string()),
             )));
         }
-        Ok(Err(text)) => {
-            let e = Error::NoMailbox {
-                url: url.to_string(),
-                said: printable(&text),
-            };
-            lines.push(Err((e.exit_code(), e.to_string())));
-        }
-        Err(Fault::Lost(why)) => {
-            lines.push(Err((crate::exit::UNAVAILABLE, format!("{url}: {why}"))))
+        Ok(Err(refused)) => {
+            let (code, line) =
+                match refusal::no_mailbox(refused.code.as_deref(), refused.bad, &refused.said) {
+                    true => {
+                        let e = Error::NoMailbox {
+                            url: url.to_string(),
+                            said: refused.said,
+                        };
+                        (e.exit_code(), e.to_string())
+                    }
+                    false => (
+                        crate::exit::UNAVAILABLE,
+                        format!("{url}: {}", refused.fault("EXAMINE").why()),
+                    ),
+                };
+            lines.push(Err((code, line)));
         }
         Err(Fault::Stopped) => {}
+        Err(fault) => lines.push(Err((
+            crate::exit::UNAVAILABLE,
+            format!("{url}: {}", fault.why()),
+        ))),
     }
     s.logout();
     lines
@@ -246,12 +312,17 @@ struct Watcher<'a> {
     out: &'a Output,
     tls: Arc<ClientConfig>,
     stop: RawFd,
+    clock: Clock,
     mark_path: &'a Path,
     mark: Option<Mark>,
     /// The failure last reported, until the watcher is back.
     reported: Option<String>,
     /// When the current connection began to watch.
     watching_since: Option<Instant>,
+    /// How often IDLE is renewed: shorter once this server's IDLE has missed a message.
+    renew: Duration,
+    /// The wait after the next refused login; back to the first after a login goes through.
+    login_pace: Duration,
 }
 
 impl Watcher<'_> {
@@ -261,6 +332,7 @@ impl Watcher<'_> {
             Ok(s) => s,
             Err(end) => return end,
         };
+        self.login_pace = FIRST_LOGIN_PACE;
         match self.watch_mailbox(&mut session) {
             End::Stopped => {
                 session.logout();
@@ -281,17 +353,18 @@ impl Watcher<'_> {
         let url = &self.watch.url;
         let examined = match s.examine(&url.mailbox)? {
             Ok(e) => e,
-            Err(text) => {
+            Err(r) if refusal::no_mailbox(r.code.as_deref(), r.bad, &r.said) => {
                 return Err(End::Fatal(Error::NoMailbox {
                     url: url.to_string(),
-                    said: printable(&text),
+                    said: r.said,
                 }));
             }
+            Err(r) => return Err(r.fault("EXAMINE").into()),
         };
         let uidvalidity = examined.uidvalidity.unwrap_or(0);
         let from_now = |s: &mut Session| -> Result<u32, End> {
             Ok(match examined.uidnext {
-                Some(next) => next - 1,
+                Some(next) => next.saturating_sub(1),
                 None => s.last_uid()?,
             })
         };
@@ -311,7 +384,7 @@ impl Watcher<'_> {
         }
         // Whatever arrived while the watcher was away.
         self.catch_up(s)?;
-        let idle = s.has(&Capability::Idle);
+        let idle = s.offers_idle();
         match idle {
             true => self.out.report(format_args!("watching {url} with IDLE")),
             false => self.out.report(format_args!(
@@ -322,54 +395,65 @@ impl Watcher<'_> {
         self.reported = None;
         self.watching_since = Some(Instant::now());
         loop {
-            if idle {
-                if s.idle(IDLE_RENEW)? == Woken::Renew {
+            let renewed = match idle {
+                true => {
+                    let renewed = s.idle(self.clock.real(self.renew))? == Woken::Renew;
+                    if renewed {
+                        s.noop()?;
+                    }
+                    renewed
+                }
+                false => {
+                    if signals::stopped_within(self.stop, self.clock.real(POLL_EVERY)) {
+                        return Err(End::Stopped);
+                    }
                     s.noop()?;
+                    false
                 }
-            } else {
-                if signals::stopped_within(self.stop, POLL_EVERY) {
-                    return Err(End::Stopped);
-                }
-                s.noop()?;
+            };
+            let found = self.catch_up(s)?;
+            if renewed && found > 0 && self.renew != IDLE_RENEW_UNTRUSTED {
+                self.renew = IDLE_RENEW_UNTRUSTED;
+                self.out.report(format_args!(
+                    "{url}: IDLE did not announce new mail; renewing it every {} s from now on",
+                    IDLE_RENEW_UNTRUSTED.as_secs()
+                ));
             }
-            self.catch_up(s)?;
         }
     }
 
     /// Wakes the tokens for the messages above the mark, then moves the mark past them, until a
-    /// fetch finds nothing new. One wakeup serves all the messages of one fetch: the phone
-    /// fetches them all, so the first message that the rules let through is handed to
-    /// `run::deliver`, and those after it need none of their own (a relay that is down then
-    /// costs one --timeout per fetch, not one per message).
-    fn catch_up(&mut self, s: &mut Session) -> Result<(), End> {
+    /// fetch finds nothing new; says how many it found. One wakeup serves all the messages of
+    /// one fetch: the phone fetches them all, so the first message that the rules let through
+    /// is handed to `run::deliver` once the answer is in, and only its header block is kept (a
+    /// relay that is down then costs one --timeout per fetch, not one per message).
+    fn catch_up(&mut self, s: &mut Session) -> Result<u32, End> {
+        let mut total = 0;
         loop {
             let Some(mark) = self.mark else {
-                return Ok(());
+                return Ok(total);
             };
-            let found = s.fetch_after(mark.uid)?;
-            let Some(&(last, _)) = found.last() else {
-                return Ok(());
-            };
-            let mut woken = false;
-            for (uid, header) in &found {
-                self.out.info(format_args!("new message, UID {uid}"));
-                if woken {
-                    continue;
-                }
-                let wanted = self
-                    .config
-                    .rules
-                    .skip(&message::summarize(header), run::unix_now())
-                    .is_none();
+            let (config, out) = (self.config, self.out);
+            let mut wanted: Option<Vec<u8>> = None;
+            let found = s.fetch_after(mark.uid, &mut |uid, header| {
+                out.info(format_args!("new message, UID {uid}"));
                 // The same decision as a delivery, which also says why a message is skipped.
-                run::deliver(self.config, Some(header), self.out).map_err(End::Fatal)?;
-                woken = wanted;
+                if wanted.is_none() && run::wanted(config, Some(header), out) {
+                    wanted = Some(header.to_vec());
+                }
+            })?;
+            let Some(last) = found.last else {
+                return Ok(total);
+            };
+            total += found.count;
+            if let Some(header) = wanted {
+                run::deliver(config, Some(&header), out).map_err(End::Fatal)?;
             }
             // After the wakeup, not before: a crash in between costs a second wakeup, never a
             // missed one.
             self.set_mark(Mark { uid: last, ..mark })?;
             if !s.changed {
-                return Ok(());
+                return Ok(total);
             }
         }
     }
@@ -382,6 +466,8 @@ impl Watcher<'_> {
 }
 
 /// Connect, secure, log in: a session ready for EXAMINE. `stop` is the stop pipe, or -1.
+/// Connecting (with the TLS handshake of imaps://), the greeting, STARTTLS, its handshake and
+/// the login each have `timeout`.
 fn open(
     watch: &Watch,
     timeout: Duration,
@@ -411,15 +497,8 @@ fn open(
     }
     if let Security::StartTls { plain_allowed } = url.security {
         s.capability()?;
-        if s.has(&Capability::StartTls) {
-            match s.starttls()? {
-                Reply::Ok => {}
-                Reply::Refused { text, .. } => {
-                    return Err(End::Lost {
-                        why: format!("STARTTLS refused: {text}"),
-                    });
-                }
-            }
+        if s.offers_starttls() {
+            s.starttls()?.map_err(|r| r.fault("STARTTLS"))?;
             let deadline = Instant::now() + timeout;
             s.transport_mut().start_tls(tls, &url.host, deadline)?;
             s.restart_after_tls();
@@ -435,34 +514,40 @@ fn open(
         Auth::Xoauth2 => s.xoauth2(&url.user, &secret)?,
     };
     drop(secret);
-    if let Reply::Refused { code, text } = reply {
-        // RFC 5530: these say "not now", not "not you".
-        let passing = matches!(
-            code.as_deref(),
-            Some("UNAVAILABLE" | "SERVERBUG" | "INUSE" | "LIMIT" | "CONTACTADMIN")
-        );
-        let said = printable(&text);
-        return Err(match passing {
-            true => End::Lost {
-                why: format!("login failed for now: {said}"),
+    if let Err(r) = reply {
+        let refused = format!("the server refused the login: {}", r.said);
+        return Err(match refusal::login(r.code.as_deref(), r.bad, &r.said) {
+            // The same file would give the same secret: only the user can help.
+            Refusal::Credentials if matches!(watch.secret, Secret::File(_)) => {
+                End::Fatal(Error::LoginRefused {
+                    url: url.to_string(),
+                    said: r.said,
+                })
+            }
+            // The command may give another one next time.
+            Refusal::Credentials => End::Lost {
+                why: refused,
+                pace: Pace::Login,
+                asked: None,
             },
-            false => End::Fatal(Error::LoginRefused {
-                url: url.to_string(),
-                said,
-            }),
+            Refusal::Later {
+                pace: Pace::Backoff,
+                asked,
+            } => End::Lost {
+                why: format!("login failed for now: {}", r.said),
+                pace: Pace::Backoff,
+                asked,
+            },
+            Refusal::Later {
+                pace: Pace::Login,
+                asked,
+            } => End::Lost {
+                why: refused,
+                pace: Pace::Login,
+                asked,
+            },
         });
     }
     s.capability()?;
     Ok(s)
-}
-
-/// Server text for one line of ours: printable, short.
-fn printable(text: &str) -> String {
-    let clean: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(200)
-        .collect();
-    // Ours adds a `;` after it.
-    clean.trim().trim_end_matches('.').to_string()
 }

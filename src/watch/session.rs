@@ -1,10 +1,21 @@
-//! One IMAP session over a [`Transport`]: imap-next keeps the protocol (tags, literals, IDLE,
-//! SASL); this drives it with a deadline on every read and write.
+//! One IMAP session over a [`Wire`]: imap-next keeps the protocol (tags, literals, IDLE, SASL);
+//! this drives it, bounded whatever the server sends.
+//!
+//! - **Time**: each exchange (the greeting, a command and its whole answer, IDLE's start and
+//!   end) has one deadline, `--timeout` from its start, however the bytes are spread out. Inside
+//!   IDLE the server may say nothing until the renewal, but a response it has begun must end
+//!   within `--timeout`.
+//! - **Memory**: of what a server says between commands only the latest UIDVALIDITY, UIDNEXT and
+//!   two capabilities are kept, and a fetched header block is handed on as it arrives. A literal
+//!   beyond the header block asked for, or a response beyond it and some framing, is refused
+//!   when announced ([`Frames`]), before it is read.
+//! - **Text**: what the server says reaches our lines only through [`printable`].
 
 use std::borrow::Cow;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
+use imap_codec::fragmentizer::{FragmentInfo, Fragmentizer};
 use imap_next::client::{Client, Event, Options};
 use imap_next::imap_types::auth::{AuthMechanism, AuthenticateData};
 use imap_next::imap_types::command::{Command, CommandBody};
@@ -16,12 +27,15 @@ use imap_next::imap_types::response::{
 use imap_next::imap_types::secret::Secret;
 use imap_next::{Interrupt, Io, State};
 
-use super::transport::{Fault, Transport};
+use super::refusal;
+use super::transport::{Fault, Transport, Wire};
+use crate::text::printable;
 
-/// The largest response taken: far beyond any real one, with header blocks cut at
-/// [`HEADER_PART`].
-const MAX_RESPONSE: u32 = 8 * 1024 * 1024;
-const HEADER_PART: NonZeroU32 = NonZeroU32::new(crate::message::HEADER_CAP as u32).unwrap();
+/// The largest literal taken: the header block the watcher asks for, no more.
+pub const MAX_LITERAL: u32 = crate::message::HEADER_CAP as u32;
+/// The largest response taken: that literal and the framing of a FETCH answer around it.
+const MAX_RESPONSE: u32 = MAX_LITERAL + 16 * 1024;
+const HEADER_PART: NonZeroU32 = NonZeroU32::new(MAX_LITERAL).unwrap();
 
 /// What EXAMINE said about the mailbox.
 #[derive(Debug, Default)]
@@ -31,42 +45,130 @@ pub struct Examined {
     pub exists: u32,
 }
 
-/// How a command ended, when it did not end the session.
-pub enum Reply {
-    Ok,
-    /// NO or BAD, and what the server said.
-    Refused {
-        code: Option<String>,
-        text: String,
-    },
+/// A NO or BAD, and what the server said, made printable.
+#[derive(Debug)]
+pub struct Refused {
+    /// The response code's name, e.g. `AUTHENTICATIONFAILED` (RFC 5530).
+    pub code: Option<String>,
+    pub bad: bool,
+    pub said: String,
+}
+
+impl Refused {
+    /// The refusal of a command that the watcher only retries: later, and no sooner than the
+    /// server asked.
+    pub fn fault(self, command: &str) -> Fault {
+        Fault::Refused {
+            asked: refusal::asked_wait(&self.said),
+            why: format!("{command} refused: {}", self.said),
+        }
+    }
 }
 
 /// Why an IDLE ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Woken {
-    /// The mailbox grew.
+    /// The server announced new mail.
     Changed,
     /// Time to renew it.
     Renew,
 }
 
-pub struct Session {
+/// The header blocks one fetch found above a UID.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// How many messages, and the highest UID among them.
+    pub count: u32,
+    pub last: Option<u32>,
+}
+
+/// Where a FETCH answer goes: its UID, and its header block if it has one.
+type OnFetch<'a> = &'a mut dyn FnMut(u32, Option<&[u8]>);
+
+/// How long a read may wait.
+#[derive(Clone, Copy)]
+enum Until {
+    /// The exchange's deadline.
+    Answer(Instant),
+    /// IDLE: silence until the renewal, then a begun response gets `--timeout`.
+    Idle(Instant),
+}
+
+/// The framing of what the server sends, followed before imap-next sees a byte of it
+/// (imap-codec's fragmentizer, keeping no bytes): where each response ends, what a line
+/// announces as a literal, and since when a response is under way.
+struct Frames {
+    fragments: Fragmentizer,
+    /// Bytes taken in all, and where the current response began.
+    fed: u64,
+    start: u64,
+    since: Option<Instant>,
+}
+
+impl Frames {
+    fn new() -> Frames {
+        Frames {
+            // Size 0: the fragmentizer only frames; imap-next keeps the bytes.
+            fragments: Fragmentizer::new(0),
+            fed: 0,
+            start: 0,
+            since: None,
+        }
+    }
+
+    fn take(&mut self, bytes: &[u8], now: Instant) -> Result<(), Fault> {
+        self.fragments.enqueue_bytes(bytes);
+        self.fed += bytes.len() as u64;
+        while let Some(fragment) = self.fragments.progress() {
+            if let FragmentInfo::Line {
+                announcement: Some(literal),
+                ..
+            } = fragment
+                && literal.length > MAX_LITERAL
+            {
+                return Err(Fault::Lost(format!(
+                    "the server announced a literal of {} bytes, more than the {MAX_LITERAL} asked for",
+                    literal.length
+                )));
+            }
+            if self.fragments.is_message_complete() {
+                self.start += fragment.range().end as u64;
+                self.since = None;
+            }
+        }
+        let pending = self.fed - self.start;
+        if pending > u64::from(MAX_RESPONSE) {
+            return Err(Fault::Lost(format!(
+                "the server sent a response of more than {MAX_RESPONSE} bytes"
+            )));
+        }
+        if pending > 0 && self.since.is_none() {
+            self.since = Some(now);
+        }
+        Ok(())
+    }
+}
+
+pub struct Session<W: Wire = Transport> {
     client: Client,
-    transport: Transport,
+    transport: W,
+    frames: Frames,
     next_tag: u32,
     timeout: Duration,
-    pub capabilities: Vec<Capability<'static>>,
+    /// The two capabilities the watcher cares about, from the last list the server sent; a
+    /// server's list is read, never kept.
+    idle: bool,
+    starttls: bool,
+    listed: bool,
     /// The greeting said PREAUTH: the transport authenticated the user already (an imapd behind
     /// ssh or socat), so there is no login.
     pub preauth: bool,
     /// Set by every EXISTS the server sends: new mail may be there.
     pub changed: bool,
     exists: u32,
-    /// The codes of untagged OKs since the last command began (UIDVALIDITY, UIDNEXT).
-    codes: Vec<Code<'static>>,
-    fetched: Vec<(u32, Vec<u8>)>,
-    /// The highest UID in any FETCH answer since it was last reset.
-    max_uid: u32,
+    /// The latest of each code that EXAMINE answers with.
+    uidvalidity: Option<u32>,
+    uidnext: Option<u32>,
     buf: Vec<u8>,
 }
 
@@ -79,49 +181,63 @@ fn options(discard_greeting: bool) -> Options {
     options
 }
 
-impl Session {
-    /// Reads the greeting. `Ok(None)` for a server that greets with BYE (too many
-    /// connections): the caller retries later.
-    pub fn greet(transport: Transport, timeout: Duration) -> Result<Session, Fault> {
+impl<W: Wire> Session<W> {
+    /// Reads the greeting, within `timeout` as a whole. A server that greets with BYE (too many
+    /// connections) is a fault: the caller retries later.
+    pub fn greet(transport: W, timeout: Duration) -> Result<Session<W>, Fault> {
         let mut s = Session {
             client: Client::new(options(false)),
             transport,
+            frames: Frames::new(),
             next_tag: 0,
             timeout,
-            capabilities: Vec::new(),
+            idle: false,
+            starttls: false,
+            listed: false,
             preauth: false,
             changed: false,
             exists: 0,
-            codes: Vec::new(),
-            fetched: Vec::new(),
-            max_uid: 0,
+            uidvalidity: None,
+            uidnext: None,
             buf: vec![0; 16 * 1024],
         };
+        let deadline = Instant::now() + timeout;
         loop {
-            match s.event(None)? {
-                Event::GreetingReceived { greeting } => {
-                    if greeting.kind == GreetingKind::Bye {
-                        return Err(Fault::Lost(format!(
-                            "the server said BYE: {}",
-                            greeting.text
-                        )));
-                    }
-                    if let Some(Code::Capability(caps)) = greeting.code {
-                        s.capabilities = caps.into_iter().collect();
-                    }
-                    s.preauth = greeting.kind == GreetingKind::PreAuth;
-                    return Ok(s);
+            if let Event::GreetingReceived { greeting } = s.event(Until::Answer(deadline))? {
+                if greeting.kind == GreetingKind::Bye {
+                    return Err(bye(greeting.text.as_ref()));
                 }
-                _ => continue,
+                if let Some(Code::Capability(caps)) = greeting.code {
+                    s.listed(caps.as_ref());
+                }
+                s.preauth = greeting.kind == GreetingKind::PreAuth;
+                return Ok(s);
             }
         }
     }
 
-    pub fn has(&self, cap: &Capability) -> bool {
-        self.capabilities.contains(cap)
+    /// The server offers IDLE (RFC 2177).
+    pub fn offers_idle(&self) -> bool {
+        self.idle
     }
 
-    pub fn transport_mut(&mut self) -> &mut Transport {
+    pub fn offers_starttls(&self) -> bool {
+        self.starttls
+    }
+
+    fn listed(&mut self, caps: &[Capability]) {
+        self.idle = caps.contains(&Capability::Idle);
+        self.starttls = caps.contains(&Capability::StartTls);
+        self.listed = true;
+    }
+
+    fn forget_capabilities(&mut self) {
+        self.idle = false;
+        self.starttls = false;
+        self.listed = false;
+    }
+
+    pub fn transport_mut(&mut self) -> &mut W {
         &mut self.transport
     }
 
@@ -129,7 +245,8 @@ impl Session {
     /// what was said in clear, capabilities too).
     pub fn restart_after_tls(&mut self) {
         self.client = Client::new(options(true));
-        self.capabilities.clear();
+        self.frames = Frames::new();
+        self.forget_capabilities();
     }
 
     fn tag(&mut self) -> Tag<'static> {
@@ -137,24 +254,33 @@ impl Session {
         Tag::try_from(format!("D{}", self.next_tag)).expect("letters and digits make a tag")
     }
 
-    /// The next protocol event, doing the reads and writes it needs. Each read and write may
-    /// take --timeout; inside IDLE (`idle_until`), where a server may rightly say nothing for
-    /// minutes, a read waits until the renewal instead.
-    fn event(&mut self, idle_until: Option<Instant>) -> Result<Event, Fault> {
+    /// The next protocol event, doing the reads and writes it needs.
+    fn event(&mut self, until: Until) -> Result<Event, Fault> {
         loop {
             match self.client.next() {
                 Ok(event) => return Ok(event),
                 Err(Interrupt::Io(Io::Output(bytes))) => {
-                    self.transport
-                        .write_all(&bytes, Instant::now() + self.timeout)?;
+                    let deadline = match until {
+                        Until::Answer(deadline) => deadline,
+                        Until::Idle(_) => Instant::now() + self.timeout,
+                    };
+                    self.transport.write_all(&bytes, deadline)?;
                 }
                 Err(Interrupt::Io(Io::NeedMoreInput)) => {
-                    let deadline = idle_until.unwrap_or_else(|| Instant::now() + self.timeout);
+                    let deadline = match (until, self.frames.since) {
+                        (Until::Answer(deadline), _) => deadline,
+                        (Until::Idle(_), Some(begun)) => begun + self.timeout,
+                        (Until::Idle(renewal), None) => renewal,
+                    };
                     let n = self.transport.read(&mut self.buf, deadline)?;
+                    self.frames.take(&self.buf[..n], Instant::now())?;
                     self.client.enqueue_input(&self.buf[..n]);
                 }
                 Err(Interrupt::Error(e)) => {
-                    return Err(Fault::Lost(format!("the server's answer: {e}")));
+                    return Err(Fault::Lost(format!(
+                        "the server's answer: {}",
+                        printable(e.to_string())
+                    )));
                 }
             }
         }
@@ -171,37 +297,20 @@ impl Session {
                     self.exists = n;
                 }
                 Data::Expunge(_) => self.exists = self.exists.saturating_sub(1),
-                Data::Capability(caps) => self.capabilities = caps.into_iter().collect(),
-                Data::Fetch { items, .. } => {
-                    let mut uid = None;
-                    let mut header = None;
-                    for item in items.into_iter() {
-                        match item {
-                            MessageDataItem::Uid(u) => uid = Some(u.get()),
-                            MessageDataItem::BodyExt {
-                                section: Some(Section::Header(None)),
-                                data,
-                                ..
-                            } => header = data.0.map(|s| s.as_ref().to_vec()),
-                            _ => {}
-                        }
-                    }
-                    if let Some(uid) = uid {
-                        self.max_uid = self.max_uid.max(uid);
-                    }
-                    if let (Some(uid), Some(header)) = (uid, header) {
-                        self.fetched.push((uid, header));
-                    }
-                }
+                Data::Capability(caps) => self.listed(caps.as_ref()),
                 _ => {}
             },
             Event::StatusReceived { status } => match status {
-                Status::Bye(bye) => {
-                    return Err(Fault::Lost(format!("the server said BYE: {}", bye.text)));
-                }
+                Status::Bye(body) => return Err(bye(body.text.as_ref())),
                 Status::Untagged(StatusBody {
                     code: Some(code), ..
-                }) => self.codes.push(code),
+                }) => match code {
+                    Code::UidValidity(v) => self.uidvalidity = Some(v.get()),
+                    Code::UidNext(n) => self.uidnext = Some(n.get()),
+                    Code::Capability(caps) => self.listed(caps.as_ref()),
+                    // Keepalives, alerts, anything else: read and let go.
+                    _ => {}
+                },
                 _ => {}
             },
             _ => {}
@@ -209,18 +318,21 @@ impl Session {
         Ok(())
     }
 
-    /// Sends one command and reads up to its tagged answer.
-    fn command(&mut self, body: CommandBody<'static>) -> Result<Reply, Fault> {
+    /// Sends one command and reads up to its tagged answer, within `--timeout` as a whole.
+    /// Each FETCH answer goes to `fetched` as it arrives, with its UID and header block.
+    fn command(
+        &mut self,
+        body: CommandBody<'static>,
+        mut fetched: Option<OnFetch>,
+    ) -> Result<Result<(), Refused>, Fault> {
         let tag = self.tag();
-        self.codes.clear();
-        let command = Command {
+        let deadline = Instant::now() + self.timeout;
+        self.client.enqueue_command(Command {
             tag: tag.clone(),
             body,
-        };
-        self.client.enqueue_command(command);
+        });
         loop {
-            let event = self.event(None)?;
-            match event {
+            match self.event(Until::Answer(deadline))? {
                 Event::StatusReceived {
                     status: Status::Tagged(tagged),
                 } if tagged.tag == tag => return Ok(reply(tagged.body)),
@@ -230,9 +342,7 @@ impl Session {
                 },
                 Event::AuthenticateStatusReceived { status, .. } => match status {
                     Status::Tagged(tagged) => return Ok(reply(tagged.body)),
-                    Status::Bye(bye) => {
-                        return Err(Fault::Lost(format!("the server said BYE: {}", bye.text)));
-                    }
+                    Status::Bye(body) => return Err(bye(body.text.as_ref())),
                     Status::Untagged(_) => {
                         return Err(Fault::Lost("an untagged answer to AUTHENTICATE".into()));
                     }
@@ -250,6 +360,29 @@ impl Session {
                             Cow::Borrowed(&[][..]),
                         )));
                 }
+                Event::DataReceived {
+                    data: Data::Fetch { items, .. },
+                } => {
+                    let Some(fetched) = fetched.as_mut() else {
+                        continue;
+                    };
+                    let mut uid = None;
+                    let mut header = None;
+                    for item in items.as_ref() {
+                        match item {
+                            MessageDataItem::Uid(u) => uid = Some(u.get()),
+                            MessageDataItem::BodyExt {
+                                section: Some(Section::Header(None)),
+                                data,
+                                ..
+                            } => header = data.0.as_ref().map(|s| s.as_ref()),
+                            _ => {}
+                        }
+                    }
+                    if let Some(uid) = uid {
+                        fetched(uid, header);
+                    }
+                }
                 other => self.note(other)?,
             }
         }
@@ -257,74 +390,50 @@ impl Session {
 
     /// Asks for the capabilities, unless the last answer brought them.
     pub fn capability(&mut self) -> Result<(), Fault> {
-        self.take_capability_code();
-        if self.capabilities.is_empty() {
-            match self.command(CommandBody::Capability)? {
-                Reply::Ok => {}
-                Reply::Refused { text, .. } => {
-                    return Err(Fault::Lost(format!("CAPABILITY refused: {text}")));
-                }
-            }
+        if !self.listed {
+            self.command(CommandBody::Capability, None)?
+                .map_err(|r| r.fault("CAPABILITY"))?;
         }
         Ok(())
     }
 
-    fn take_capability_code(&mut self) {
-        for code in self.codes.drain(..) {
-            if let Code::Capability(caps) = code {
-                self.capabilities = caps.into_iter().collect();
-            }
-        }
+    pub fn starttls(&mut self) -> Result<Result<(), Refused>, Fault> {
+        self.command(CommandBody::StartTLS, None)
     }
 
-    pub fn starttls(&mut self) -> Result<Reply, Fault> {
-        self.command(CommandBody::StartTLS)
-    }
-
-    pub fn login(&mut self, user: &str, password: &str) -> Result<Reply, Fault> {
+    pub fn login(&mut self, user: &str, password: &str) -> Result<Result<(), Refused>, Fault> {
         let body = CommandBody::login(user.to_string(), password.to_string())
             .map_err(|_| Fault::Lost("the user or password cannot be sent in IMAP".into()))?;
-        self.capabilities.clear();
-        let reply = self.command(body)?;
         // A login's OK often carries the capabilities after it.
-        self.take_capability_code();
-        Ok(reply)
+        self.forget_capabilities();
+        self.command(body, None)
     }
 
     /// SASL XOAUTH2 with the initial response (RFC 4959), as Gmail and Outlook take it.
-    pub fn xoauth2(&mut self, user: &str, token: &str) -> Result<Reply, Fault> {
+    pub fn xoauth2(&mut self, user: &str, token: &str) -> Result<Result<(), Refused>, Fault> {
         let ir = format!("user={user}\x01auth=Bearer {token}\x01\x01").into_bytes();
         let body = CommandBody::authenticate_with_ir(AuthMechanism::XOAuth2, ir);
-        self.capabilities.clear();
-        let reply = self.command(body)?;
-        // A login's OK often carries the capabilities after it.
-        self.take_capability_code();
-        Ok(reply)
+        self.forget_capabilities();
+        self.command(body, None)
     }
 
     /// EXAMINE: read-only, so nothing the watcher does can change a flag.
-    /// `Ok(Err(text))`: the server refused it, saying `text`.
-    pub fn examine(&mut self, mailbox: &str) -> Result<Result<Examined, String>, Fault> {
+    pub fn examine(&mut self, mailbox: &str) -> Result<Result<Examined, Refused>, Fault> {
         let body = CommandBody::examine(mailbox.to_string())
             .map_err(|_| Fault::Lost("the mailbox name cannot be sent in IMAP".into()))?;
         self.exists = 0;
-        if let Reply::Refused { text, .. } = self.command(body)? {
-            return Ok(Err(text));
-        }
-        let mut examined = Examined {
-            exists: self.exists,
-            ..Examined::default()
-        };
-        for code in &self.codes {
-            match code {
-                Code::UidValidity(v) => examined.uidvalidity = Some(v.get()),
-                Code::UidNext(n) => examined.uidnext = Some(n.get()),
-                _ => {}
-            }
+        self.uidvalidity = None;
+        self.uidnext = None;
+        if let Err(refused) = self.command(body, None)? {
+            return Ok(Err(refused));
         }
         // What EXAMINE reported is known; only later growth is news.
         self.changed = false;
-        Ok(Ok(examined))
+        Ok(Ok(Examined {
+            exists: self.exists,
+            uidvalidity: self.uidvalidity,
+            uidnext: self.uidnext,
+        }))
     }
 
     /// The UID of the last message, for a server that gave no UIDNEXT.
@@ -334,19 +443,21 @@ impl Session {
         }
         let body = CommandBody::fetch("*", vec![MessageDataItemName::Uid], false)
             .map_err(|_| Fault::Lost("FETCH * cannot be sent".into()))?;
-        self.max_uid = 0;
-        match self.command(body)? {
-            Reply::Ok => Ok(self.max_uid),
-            Reply::Refused { text, .. } => Err(Fault::Lost(format!("FETCH refused: {text}"))),
-        }
+        let mut last = 0;
+        self.command(body, Some(&mut |uid, _| last = last.max(uid)))?
+            .map_err(|r| r.fault("FETCH"))?;
+        Ok(last)
     }
 
-    /// The header block of every message with a UID above `after`, lowest UID first, without
-    /// setting \Seen (BODY.PEEK; the mailbox is EXAMINEd, too).
-    pub fn fetch_after(&mut self, after: u32) -> Result<Vec<(u32, Vec<u8>)>, Fault> {
+    /// Hands `each` the UID and header block of every message with a UID above `after`, as the
+    /// answer arrives, without setting \Seen (BODY.PEEK; the mailbox is EXAMINEd, too).
+    pub fn fetch_after(
+        &mut self,
+        after: u32,
+        each: &mut dyn FnMut(u32, &[u8]),
+    ) -> Result<Found, Fault> {
         self.changed = false;
-        let first = after.saturating_add(1);
-        let set = format!("{first}:*");
+        let set = format!("{}:*", after.saturating_add(1));
         let items = vec![
             MessageDataItemName::Uid,
             // No more than a delivery reads of a header block: a message with a header of many
@@ -359,43 +470,53 @@ impl Session {
         ];
         let body = CommandBody::fetch(set.as_str(), items, true)
             .map_err(|_| Fault::Lost("a UID out of range".into()))?;
-        self.fetched.clear();
-        match self.command(body)? {
-            Reply::Ok => {}
-            Reply::Refused { text, .. } => {
-                return Err(Fault::Lost(format!("UID FETCH refused: {text}")));
+        let mut found = Found::default();
+        let mut take = |uid: u32, header: Option<&[u8]>| {
+            // `N:*` includes the last message even when its UID is below N (RFC 3501 6.4.8); a
+            // FETCH without the header is a flag change.
+            if let Some(header) = header
+                && uid > after
+            {
+                found.count += 1;
+                found.last = found.last.max(Some(uid));
+                each(uid, header);
             }
-        }
-        let mut found = std::mem::take(&mut self.fetched);
-        // `N:*` includes the last message even when its UID is below N (RFC 3501 6.4.8).
-        found.retain(|(uid, _)| *uid > after);
-        found.sort_by_key(|(uid, _)| *uid);
-        found.dedup_by_key(|(uid, _)| *uid);
+        };
+        self.command(body, Some(&mut take))?
+            .map_err(|r| r.fault("UID FETCH"))?;
         Ok(found)
     }
 
     pub fn noop(&mut self) -> Result<(), Fault> {
-        match self.command(CommandBody::Noop)? {
-            Reply::Ok => Ok(()),
-            Reply::Refused { text, .. } => Err(Fault::Lost(format!("NOOP refused: {text}"))),
-        }
+        self.command(CommandBody::Noop, None)?
+            .map_err(|r| r.fault("NOOP"))
     }
 
-    /// IDLE until the mailbox grows or `renew` passes, then DONE.
+    /// IDLE until the server announces new mail or `renew` passes, then DONE.
     pub fn idle(&mut self, renew: Duration) -> Result<Woken, Fault> {
         let tag = self.tag();
+        let deadline = Instant::now() + self.timeout;
         self.client.enqueue_command(Command {
             tag: tag.clone(),
             body: CommandBody::Idle,
         });
         loop {
-            match self.event(None)? {
+            match self.event(Until::Answer(deadline))? {
                 Event::IdleAccepted { .. } => break,
                 Event::IdleRejected { status, .. } => {
-                    return Err(Fault::Lost(format!(
-                        "IDLE refused: {}",
-                        status_text(&status)
-                    )));
+                    let refused = match status {
+                        Status::Tagged(tagged) => match reply(tagged.body) {
+                            Err(refused) => refused,
+                            Ok(()) => return Err(Fault::Lost("IDLE ended at once".into())),
+                        },
+                        Status::Bye(body) => return Err(bye(body.text.as_ref())),
+                        Status::Untagged(body) => Refused {
+                            code: None,
+                            bad: false,
+                            said: printable(body.text.to_string()),
+                        },
+                    };
+                    return Err(refused.fault("IDLE"));
                 }
                 other => self.note(other)?,
             }
@@ -405,25 +526,25 @@ impl Session {
             if self.changed {
                 break Woken::Changed;
             }
-            if Instant::now() >= until {
-                break Woken::Renew;
-            }
-            match self.event(Some(until)) {
+            match self.event(Until::Idle(until)) {
                 Ok(event) => self.note(event)?,
-                // The renewal is due: the read's deadline was IDLE's own.
-                Err(Fault::Lost(_)) if Instant::now() >= until => break Woken::Renew,
+                // Silence until the renewal: nothing had begun.
+                Err(Fault::TimedOut) if self.frames.since.is_none() => break Woken::Renew,
                 Err(e) => return Err(e),
             }
         };
         self.client.set_idle_done();
+        let deadline = Instant::now() + self.timeout;
         loop {
-            match self.event(None)? {
+            match self.event(Until::Answer(deadline))? {
                 Event::StatusReceived {
                     status: Status::Tagged(tagged),
-                } if tagged.tag == tag => match tagged.body.kind {
-                    StatusKind::Ok => return Ok(woken),
-                    _ => return Err(Fault::Lost(format!("IDLE ended: {}", tagged.body.text))),
-                },
+                } if tagged.tag == tag => {
+                    return match reply(tagged.body) {
+                        Ok(()) => Ok(woken),
+                        Err(refused) => Err(refused.fault("IDLE")),
+                    };
+                }
                 other => self.note(other)?,
             }
         }
@@ -435,39 +556,168 @@ impl Session {
         self.timeout = self.timeout.min(Duration::from_secs(2));
         // Stopped inside IDLE: DONE first, or the LOGOUT would wait behind it.
         self.client.set_idle_done();
-        let _ = self.command(CommandBody::Logout);
+        let _ = self.command(CommandBody::Logout, None);
     }
 }
 
-fn reply(body: StatusBody<'static>) -> Reply {
+fn bye(text: &str) -> Fault {
+    Fault::Lost(format!("the server said BYE: {}", printable(text)))
+}
+
+fn reply(body: StatusBody<'static>) -> Result<(), Refused> {
     match body.kind {
-        StatusKind::Ok => Reply::Ok,
-        StatusKind::No | StatusKind::Bad => Reply::Refused {
+        StatusKind::Ok => Ok(()),
+        StatusKind::No | StatusKind::Bad => Err(Refused {
             code: body.code.as_ref().map(code_name),
-            text: body.text.to_string(),
-        },
-    }
-}
-
-fn status_text(status: &Status) -> String {
-    match status {
-        Status::Untagged(body) => body.text.to_string(),
-        Status::Tagged(t) => t.body.text.to_string(),
-        Status::Bye(b) => b.text.to_string(),
+            bad: body.kind == StatusKind::Bad,
+            said: printable(body.text.to_string()),
+        }),
     }
 }
 
 /// A response code's name, e.g. `AUTHENTICATIONFAILED` (RFC 5530).
 fn code_name(code: &Code) -> String {
-    match code {
-        Code::Other(other) => {
-            let raw = String::from_utf8_lossy(other.inner()).into_owned();
-            raw.split_whitespace()
-                .next()
-                .unwrap_or("")
-                .to_ascii_uppercase()
-        }
+    let name = match code {
+        Code::Other(other) => String::from_utf8_lossy(other.inner()).into_owned(),
         Code::Alert => "ALERT".into(),
-        other => format!("{other:?}").to_ascii_uppercase(),
+        other => format!("{other:?}"),
+    };
+    let name: String = name
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '-')
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(40)
+        .collect();
+    name.to_ascii_uppercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::super::transport::Script;
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(3);
+
+    fn session(pieces: &[&[u8]]) -> Result<Session<Script>, Fault> {
+        let script = Script(pieces.iter().map(|p| p.to_vec()).collect::<VecDeque<_>>());
+        Session::greet(script, TIMEOUT)
+    }
+
+    fn fetch(s: &mut Session<Script>) -> Result<Vec<(u32, Vec<u8>)>, Fault> {
+        let mut seen = Vec::new();
+        s.fetch_after(4, &mut |uid, header| seen.push((uid, header.to_vec())))?;
+        Ok(seen)
+    }
+
+    #[test]
+    fn a_literal_beyond_the_header_block_is_refused_when_announced() {
+        let mut s = session(&[
+            b"* OK [CAPABILITY IMAP4rev1 IDLE] hi\r\n",
+            b"* 1 FETCH (UID 5 BODY[HEADER]<0> {2147483648}\r\n",
+            b"never read",
+        ])
+        .unwrap();
+        let Err(Fault::Lost(why)) = fetch(&mut s) else {
+            panic!("taken")
+        };
+        assert_eq!(
+            why,
+            "the server announced a literal of 2147483648 bytes, more than the 262144 asked for"
+        );
+        assert_eq!(s.transport.0, [b"never read".to_vec()]);
+    }
+
+    #[test]
+    fn a_response_beyond_the_bound_is_refused_before_its_end() {
+        let line = vec![b'x'; 64 * 1024];
+        let mut pieces: Vec<&[u8]> = vec![b"* OK hi\r\n", b"* OK "];
+        pieces.extend(std::iter::repeat_n(&line[..], 8));
+        let mut s = session(&pieces).unwrap();
+        let Err(Fault::Lost(why)) = s.noop() else {
+            panic!("taken")
+        };
+        assert_eq!(why, "the server sent a response of more than 278528 bytes");
+        assert_eq!(s.transport.0.len(), 4);
+    }
+
+    #[test]
+    fn header_blocks_are_handed_on_and_untagged_codes_are_not_kept() {
+        let flood = b"* OK [UIDNEXT 9] still here\r\n* OK [ALERT] look\r\n".repeat(10_000);
+        let mut s = session(&[
+            b"* OK [CAPABILITY IMAP4rev1 IDLE] hi\r\n",
+            &flood,
+            b"* 1 FETCH (UID 4 BODY[HEADER]<0> {5}\r\nA: 1\n)\r\n",
+            b"* 2 FETCH (UID 5 BODY[HEADER]<0> {5}\r\nB: 2\n)\r\n* 2 FETCH (UID 5 FLAGS (\\Seen))\r\n",
+            b"* 3 FETCH (BODY[HEADER]<0> {5}\r\nC: 3\n UID 7)\r\nD1 OK done\r\n",
+        ])
+        .unwrap();
+        assert!(s.offers_idle());
+        // UID 4 is the mark itself, which `5:*` may include.
+        assert_eq!(
+            fetch(&mut s).unwrap(),
+            [(5, b"B: 2\n".to_vec()), (7, b"C: 3\n".to_vec())]
+        );
+        assert_eq!(s.uidnext, Some(9));
+    }
+
+    #[test]
+    fn server_text_reaches_lines_clean() {
+        let Err(Fault::Lost(why)) =
+            session(&[b"* BYE \x1b[2J\x1b[1;31mgone\x07\x1b]0;t\x07 away\r\n"])
+        else {
+            panic!("taken")
+        };
+        assert_eq!(why, "the server said BYE: gone away");
+        // IMAP text is 7-bit without NUL and CR (RFC 3501 TEXT-CHAR): imap-codec refuses the rest, so
+        // it never reaches a line at all.
+        for bad in [
+            &b"* BYE \xe2\x80\xaeaway\r\n"[..],
+            b"* BYE caf\xe9\r\n",
+            b"* BYE a\0b\r\n",
+            b"* BYE a\rb\r\n",
+        ] {
+            let Err(Fault::Lost(why)) = session(&[bad]) else {
+                panic!("taken")
+            };
+            assert_eq!(why, "the server's answer: Received malformed message");
+        }
+        let mut s = session(&[
+            b"* OK hi\r\n",
+            b"D1 BAD [ALERT] Request is throttled.\x1b[0m Suggested Backoff Time: 5000 milliseconds\r\n",
+        ])
+        .unwrap();
+        let Err(Fault::Refused { why, asked }) = s.noop() else {
+            panic!("taken")
+        };
+        assert_eq!(
+            why,
+            "NOOP refused: Request is throttled. Suggested Backoff Time: 5000 milliseconds"
+        );
+        assert_eq!(asked, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn idle_renews_on_silence_but_not_inside_a_begun_response() {
+        let mut s = session(&[
+            b"* OK [CAPABILITY IMAP4rev1 IDLE] hi\r\n",
+            b"+ idling\r\n",
+            b"",
+            b"D1 OK done\r\n",
+        ])
+        .unwrap();
+        assert_eq!(s.idle(Duration::ZERO).unwrap(), Woken::Renew);
+        let mut s = session(&[b"* OK hi\r\n", b"+ idling\r\n", b"* OK St", b""]).unwrap();
+        assert!(matches!(s.idle(Duration::ZERO), Err(Fault::TimedOut)));
+        let mut s = session(&[
+            b"* OK hi\r\n",
+            b"+ idling\r\n",
+            b"* OK Still here\r\n* 3 EXISTS\r\n",
+            b"D1 OK done\r\n",
+        ])
+        .unwrap();
+        assert_eq!(s.idle(Duration::from_secs(60)).unwrap(), Woken::Changed);
     }
 }

@@ -18,8 +18,36 @@ use rustls::{ClientConfig, ClientConnection};
 pub enum Fault {
     /// Network, TLS or protocol trouble: worth a reconnect. Says what happened.
     Lost(String),
+    /// The deadline passed before the server had said all it had to.
+    TimedOut,
+    /// The server refused a command that only needs to be tried again, and may have said when.
+    Refused {
+        why: String,
+        asked: Option<Duration>,
+    },
     /// SIGTERM (or SIGINT) arrived.
     Stopped,
+}
+
+impl Fault {
+    /// What a line of ours says about it.
+    pub fn why(self) -> String {
+        match self {
+            Fault::Lost(why) | Fault::Refused { why, .. } => why,
+            Fault::TimedOut => "the server did not answer in time".into(),
+            Fault::Stopped => "stopped".into(),
+        }
+    }
+}
+
+/// Bytes to and from the server, each call bounded by a deadline. A [`Transport`] over the
+/// network; a script of reads in the tests and the fuzz target.
+pub trait Wire {
+    /// Reads what is there, waiting until `deadline` at most.
+    fn read(&mut self, buf: &mut [u8], deadline: Instant) -> Result<usize, Fault>;
+    fn write_all(&mut self, bytes: &[u8], deadline: Instant) -> Result<(), Fault>;
+    /// Whether SIGTERM still ends a read (not for the LOGOUT after it).
+    fn set_stoppable(&mut self, _stoppable: bool) {}
 }
 
 impl Fault {
@@ -27,7 +55,7 @@ impl Fault {
         let why = match e.kind() {
             io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
             io::ErrorKind::ConnectionReset => "connection reset".to_string(),
-            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timed out".to_string(),
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => return Fault::TimedOut,
             io::ErrorKind::UnexpectedEof => "the server closed the connection".to_string(),
             // rustls reports certificate and handshake failures through the stream.
             io::ErrorKind::InvalidData => e.to_string(),
@@ -118,12 +146,57 @@ impl Transport {
         Ok(())
     }
 
-    pub fn set_stoppable(&mut self, stoppable: bool) {
+    /// SO_RCVTIMEO and SO_SNDTIMEO for the blocking calls poll does not guard: the handshake and
+    /// writes.
+    fn set_timeouts(&self, deadline: Instant) -> Result<(), Fault> {
+        set_timeouts(&self.sock, deadline)
+    }
+
+    fn wait_readable(&self, deadline: Instant) -> Result<(), Fault> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Fault::TimedOut);
+            }
+            let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.sock.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.stop,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            let watched = if self.stoppable { 2 } else { 1 };
+            // SAFETY: fds is a valid array of `watched` pollfd structs.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), watched, ms) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(Fault::io("poll", &e));
+            }
+            if self.stoppable && fds[1].revents != 0 {
+                return Err(Fault::Stopped);
+            }
+            if fds[0].revents != 0 {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Wire for Transport {
+    fn set_stoppable(&mut self, stoppable: bool) {
         self.stoppable = stoppable;
     }
 
-    /// Reads what is there, waiting until `deadline` at most.
-    pub fn read(&mut self, buf: &mut [u8], deadline: Instant) -> Result<usize, Fault> {
+    fn read(&mut self, buf: &mut [u8], deadline: Instant) -> Result<usize, Fault> {
         loop {
             if let Some(tls) = &mut self.tls {
                 match tls.reader().read(buf) {
@@ -163,7 +236,7 @@ impl Transport {
         }
     }
 
-    pub fn write_all(&mut self, bytes: &[u8], deadline: Instant) -> Result<(), Fault> {
+    fn write_all(&mut self, bytes: &[u8], deadline: Instant) -> Result<(), Fault> {
         self.set_timeouts(deadline)?;
         let result = match &mut self.tls {
             None => self.sock.write_all(bytes),
@@ -174,56 +247,12 @@ impl Transport {
         };
         result.map_err(|e| Fault::io("writing", &e))
     }
-
-    /// SO_RCVTIMEO and SO_SNDTIMEO for the blocking calls poll does not guard: the handshake and
-    /// writes.
-    fn set_timeouts(&self, deadline: Instant) -> Result<(), Fault> {
-        set_timeouts(&self.sock, deadline)
-    }
-
-    fn wait_readable(&self, deadline: Instant) -> Result<(), Fault> {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Fault::Lost("the server did not answer in time".into()));
-            }
-            let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
-            let mut fds = [
-                libc::pollfd {
-                    fd: self.sock.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.stop,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            let watched = if self.stoppable { 2 } else { 1 };
-            // SAFETY: fds is a valid array of `watched` pollfd structs.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), watched, ms) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(Fault::io("poll", &e));
-            }
-            if self.stoppable && fds[1].revents != 0 {
-                return Err(Fault::Stopped);
-            }
-            if fds[0].revents != 0 {
-                return Ok(());
-            }
-        }
-    }
 }
 
 fn set_timeouts(sock: &TcpStream, deadline: Instant) -> Result<(), Fault> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
-        return Err(Fault::Lost("the server did not answer in time".into()));
+        return Err(Fault::TimedOut);
     }
     let left = Some(left.max(Duration::from_millis(1)));
     sock.set_read_timeout(left)
@@ -257,4 +286,32 @@ fn keepalive(sock: &TcpStream) {
     set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, KEEPALIVE.0);
     set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, KEEPALIVE.1);
     set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, KEEPALIVE.2);
+}
+
+/// The server's side as a script: each read gets the next piece, as the network would hand it
+/// over; after the last one the server has closed the connection. What is written is dropped.
+#[cfg(any(test, fuzzing))]
+pub struct Script(pub std::collections::VecDeque<Vec<u8>>);
+
+#[cfg(any(test, fuzzing))]
+impl Wire for Script {
+    fn read(&mut self, buf: &mut [u8], _deadline: Instant) -> Result<usize, Fault> {
+        let Some(mut piece) = self.0.pop_front() else {
+            return Err(Fault::Lost("the server closed the connection".into()));
+        };
+        let n = piece.len().min(buf.len());
+        buf[..n].copy_from_slice(&piece[..n]);
+        if n < piece.len() {
+            self.0.push_front(piece.split_off(n));
+        }
+        // An empty piece is a read that timed out.
+        if n == 0 {
+            return Err(Fault::TimedOut);
+        }
+        Ok(n)
+    }
+
+    fn write_all(&mut self, _bytes: &[u8], _deadline: Instant) -> Result<(), Fault> {
+        Ok(())
+    }
 }
