@@ -98,6 +98,8 @@ pub struct Connection {
     pub closed: Option<Instant>,
     /// Each command line without its tag, and each `DONE`, in order.
     pub lines: Vec<String>,
+    /// When each of them came.
+    pub at: Vec<Instant>,
     /// Bytes the server wrote into the connection.
     pub sent: u64,
 }
@@ -191,6 +193,7 @@ impl ImapServer {
                     opened: Instant::now(),
                     closed: None,
                     lines: Vec::new(),
+                    at: Vec::new(),
                     sent: 0,
                 });
                 state.sockets.push(stream.try_clone().unwrap());
@@ -597,7 +600,10 @@ impl Peer<'_> {
     }
 
     fn record(&self, line: String) {
-        self.shared.lock().connections[self.n].lines.push(line);
+        let mut state = self.shared.lock();
+        let c = &mut state.connections[self.n];
+        c.lines.push(line);
+        c.at.push(Instant::now());
     }
 
     fn login(&self, how: &'static str, user: Option<&&str>, secret: Option<&&str>) {
