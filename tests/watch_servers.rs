@@ -822,15 +822,16 @@ fn keepalives_cost_nothing() {
     assert!(posts[0] > landed && posts[0] - landed < Duration::from_secs(1));
     site.wait_idle(0, 2);
     let before = (w.peak_kib(), site.imap.connections()[0].sent);
-    std::thread::sleep(Duration::from_secs(2));
-    let after = (w.peak_kib(), site.imap.connections()[0].sent);
-    let keepalives = (after.1 - before.1) / "* OK Still here\r\n".len() as u64;
-    assert!(keepalives >= 8, "{keepalives} keepalives in 2 s");
+    let keepalive = "* OK Still here\r\n".len() as u64;
+    let keepalives = || (site.imap.connections()[0].sent - before.1) / keepalive;
+    wait_for(SOON, "10 keepalives", || keepalives() >= 10);
+    let after = (w.peak_kib(), keepalives());
     assert!(
         after.0 <= before.0 + 64,
-        "the peak grew from {} to {} KiB with {keepalives} keepalives",
+        "the peak grew from {} to {} KiB with {} keepalives",
         before.0,
-        after.0
+        after.0,
+        after.1
     );
     let (status, stderr) = w.terminate();
     assert_eq!((status, stderr), (Some(0), watching(&url)));
@@ -913,37 +914,154 @@ fn wrong_credentials_end_the_watcher_and_unavailable_does_not() {
     site.assert_logins("LOGIN", &[(0, PASSWORD), (1, PASSWORD)]);
 }
 
-/// EXAMINE answered `NO [NONEXISTENT]`: the mailbox is not there, exit 78.
-fn a_mailbox_that_does_not_exist_ends_the_watcher() {
+/// EXAMINE answered with a NO that says the mailbox is not there for this user: exit 78 after
+/// one try. A NO that says "not now" is tried again.
+fn a_mailbox_that_is_not_there_ends_the_watcher() {
+    for (answer, said) in [
+        (
+            "NO [NONEXISTENT] Mailbox doesn't exist: Chats",
+            "Mailbox doesn't exist: Chats",
+        ),
+        ("NO [NOPERM] Permission denied.", "Permission denied"),
+        ("NO Mailbox does not exist", "Mailbox does not exist"),
+    ] {
+        let site = Site::new(100);
+        site.imap.script(
+            On::Command("EXAMINE"),
+            usize::MAX,
+            vec![Act::tagged(answer)],
+        );
+        let url = format!("{}/Chats", site.url());
+        let w = Watcher::spawn(site.sandbox.home.path(), site.command(&url, &[]));
+        let (status, stderr) = w.exit();
+        assert_eq!(
+            (status, stderr),
+            (
+                Some(78),
+                line(&format!(
+                    "{url}: the server cannot open the mailbox: {said}"
+                ))
+            ),
+            "{answer}"
+        );
+        let c = site.connections(1);
+        assert_eq!(c.len(), 1, "{answer}");
+        assert_eq!(c[0].verbs(), verbs(&["LOGIN", "CAPABILITY", "EXAMINE"]));
+        assert_eq!(c[0].lines[2], "EXAMINE Chats");
+        site.assert_logins("LOGIN", &[(0, PASSWORD)]);
+    }
+}
+
+/// A refused UID FETCH, IDLE, EXAMINE (`NO [UNAVAILABLE]`) and NOOP: each tried again after the
+/// backoff, which starts over after a connection that watched for its 60 s.
+fn refused_commands_are_tried_again() {
     let site = Site::new(100);
     site.imap.script(
+        On::Command("UID FETCH"),
+        1,
+        vec![Act::tagged("NO [SERVERBUG] Internal error")],
+    );
+    site.imap.script(
+        On::Command("IDLE"),
+        1,
+        vec![Act::tagged("BAD Command not allowed now.")],
+    );
+    site.imap
+        .script(On::Command("EXAMINE"), 2, vec![Act::Normal]);
+    site.imap.script(
         On::Command("EXAMINE"),
-        usize::MAX,
-        vec![Act::tagged("NO [NONEXISTENT] Mailbox doesn't exist: Chats")],
+        1,
+        vec![Act::tagged("NO [UNAVAILABLE] Mailbox is locked")],
     );
-    let url = format!("{}/Chats", site.url());
-    let w = Watcher::spawn(site.sandbox.home.path(), site.command(&url, &[]));
-    let (status, stderr) = w.exit();
+    site.imap.script(
+        On::Command("NOOP"),
+        1,
+        vec![Act::tagged("NO [SERVERBUG] Try again")],
+    );
+    let w = site.watch(&[]);
+    let url = site.url();
+    let want = [
+        again(&url, "UID FETCH refused: Internal error", 1),
+        watching(&url),
+        again(&url, "IDLE refused: Command not allowed now", 2),
+        again(&url, "EXAMINE refused: Mailbox is locked", 4),
+        watching(&url),
+        // At the renewal (300 s, here 3 s): a connection that watched that long was fine.
+        again(&url, "NOOP refused: Try again", 1),
+        watching(&url),
+    ]
+    .concat();
+    w.wait_stderr(&want, SOON * 2);
+    site.wait_idle(4, 1);
+    let (status, stderr) = w.terminate();
+    assert_eq!((status, stderr), (Some(0), want));
+    let c = site.connections(5);
+    assert_eq!(c.len(), 5);
+    let login = ["LOGIN", "CAPABILITY", "EXAMINE"];
     assert_eq!(
-        (status, stderr),
-        (
-            Some(78),
-            line(&format!(
-                "{url}: the server cannot open the mailbox: Mailbox doesn't exist: Chats"
-            ))
-        )
+        c[..4].iter().map(Connection::verbs).collect::<Vec<_>>(),
+        [
+            verbs(&[&login[..], &["UID FETCH"]].concat()),
+            verbs(&[&login[..], &["UID FETCH", "IDLE"]].concat()),
+            verbs(&login),
+            verbs(&[&login[..], &["UID FETCH", "IDLE", "DONE", "NOOP"]].concat()),
+        ]
     );
+    assert_watched(&c[4], "LOGIN", &["DONE", "LOGOUT"]);
+}
+
+/// A server without IDLE is asked every 30 s (here 300 ms): a NOOP and a fetch each time.
+fn a_server_without_idle_is_polled() {
+    let site = Site::new(100);
+    site.imap.capabilities("IMAP4rev1");
+    let w = site.watch(&[]);
+    let url = site.url();
+    let want = line(&format!(
+        "watching {url}, asking every 30 s: the server offers no IDLE"
+    ));
+    w.wait_stderr(&want, SOON);
+    let landed = site.deliver(&chat());
+    let posts = site.wait_posts(1, SOON);
+    let late = posts[0] - landed;
+    assert!(late < Duration::from_millis(800), "woken after {late:?}");
+    let noops = || {
+        site.imap.connections()[0]
+            .verbs()
+            .iter()
+            .filter(|v| *v == "NOOP")
+            .count()
+    };
+    wait_for(SOON, "5 polls", || noops() >= 5);
+    let (status, stderr) = w.terminate();
+    assert_eq!((status, stderr), (Some(0), want));
     let c = site.connections(1);
     assert_eq!(c.len(), 1);
-    assert_eq!(c[0].verbs(), verbs(&["LOGIN", "CAPABILITY", "EXAMINE"]));
-    assert_eq!(c[0].lines[2], "EXAMINE Chats");
-    site.assert_logins("LOGIN", &[(0, PASSWORD)]);
+    let v = c[0].verbs();
+    let polls = (v.len() - 5) / 2;
+    let mut expected = verbs(&["LOGIN", "CAPABILITY", "EXAMINE", "UID FETCH"]);
+    for _ in 0..polls {
+        expected.extend(verbs(&["NOOP", "UID FETCH"]));
+    }
+    expected.push("LOGOUT".into());
+    assert_eq!(v, expected);
+    let asked: Vec<Instant> = (0..v.len())
+        .filter(|&i| v[i] == "NOOP")
+        .map(|i| c[0].at[i])
+        .collect();
+    for pair in asked.windows(2) {
+        let every = pair[1] - pair[0];
+        assert!(
+            every + MS >= Duration::from_millis(300) && every < Duration::from_millis(800),
+            "polled after {every:?}, expected 300 ms"
+        );
+    }
+    assert_eq!(site.relay.posts().len(), 1);
 }
 
 #[test]
 fn watch_against_the_servers_of_the_internet() {
     let only = std::env::var("ONLY").unwrap_or_default(); // DEV
-    let cases: [(&'static str, fn()); 14] = [
+    let cases: [(&'static str, fn()); 16] = [
         ("a_well_behaved_server", a_well_behaved_server),
         (
             "a_flood_of_untagged_codes_costs_no_memory",
@@ -991,8 +1109,16 @@ fn watch_against_the_servers_of_the_internet() {
             wrong_credentials_end_the_watcher_and_unavailable_does_not,
         ),
         (
-            "a_mailbox_that_does_not_exist_ends_the_watcher",
-            a_mailbox_that_does_not_exist_ends_the_watcher,
+            "a_mailbox_that_is_not_there_ends_the_watcher",
+            a_mailbox_that_is_not_there_ends_the_watcher,
+        ),
+        (
+            "refused_commands_are_tried_again",
+            refused_commands_are_tried_again,
+        ),
+        (
+            "a_server_without_idle_is_polled",
+            a_server_without_idle_is_polled,
         ),
     ];
     let cases: Vec<_> = cases

@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-/// What a well-behaved server's capabilities are here.
+/// What a well-behaved server's capabilities are here, unless [`ImapServer::capabilities`]
+/// says otherwise.
 pub const CAPABILITIES: &str = "IMAP4rev1 IDLE AUTH=XOAUTH2";
 /// How much of a header block the watcher asks for (`BODY.PEEK[HEADER]<0.262144>`).
 pub const HEADER_PART: usize = 262_144;
@@ -125,6 +126,7 @@ struct Mailbox {
 }
 
 struct State {
+    capabilities: String,
     mailbox: Mailbox,
     rules: Vec<Rule>,
     /// IDLE never tells of new mail (NOOP still does).
@@ -164,6 +166,7 @@ impl ImapServer {
         let port = listener.local_addr().unwrap().port();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
+                capabilities: CAPABILITIES.to_string(),
                 mailbox: Mailbox {
                     uidvalidity: 1,
                     next_uid: 1,
@@ -225,6 +228,11 @@ impl ImapServer {
             left: times,
             acts,
         });
+    }
+
+    /// What the server says it can do, e.g. `IMAP4rev1` for a server without IDLE.
+    pub fn capabilities(&self, capabilities: &str) {
+        self.shared.lock().capabilities = capabilities.to_string();
     }
 
     /// IDLE never announces new mail, as some servers' IDLE stops doing after a while.
@@ -378,7 +386,7 @@ fn read_lines(stream: TcpStream, tx: &mpsc::Sender<Vec<u8>>, gone: &AtomicBool) 
 
 impl Peer<'_> {
     fn session(&mut self) -> Served {
-        let greeting = format!("* OK [CAPABILITY {CAPABILITIES}] ready\r\n");
+        let greeting = format!("* OK [CAPABILITY {}] ready\r\n", self.capabilities());
         if let Some(acts) = self.scripted(|on| on == On::Greeting) {
             self.run(&acts, "*", |p| p.send(greeting.as_bytes()))?;
         } else {
@@ -394,15 +402,14 @@ impl Peer<'_> {
             }
             let tag = tag.to_string();
             let mut command = rest.to_string();
-            // A literal in the command (`{n}`): go ahead, then the rest comes in the next line.
-            while command.ends_with('}') && command.contains('{') {
+            // A literal (`{n}`, e.g. a password with a space in it): go ahead, then its bytes
+            // and the rest of the command come; recorded as a quoted string.
+            while let Some(n) = literal_announced(&command) {
                 self.send(b"+ go ahead\r\n")?;
-                let more = self.next_line()?;
-                let at = command.rfind('{').unwrap();
-                command.truncate(at);
-                command.push('"');
-                command.push_str(&String::from_utf8_lossy(&more));
-                command.push('"');
+                let more = String::from_utf8_lossy(&self.next_line()?).into_owned();
+                let (literal, after) = more.split_at(n.min(more.len()));
+                command.truncate(command.rfind('{').unwrap());
+                command.push_str(&format!("\"{literal}\"{after}"));
             }
             self.command(&tag, &command)?;
         }
@@ -412,11 +419,12 @@ impl Peer<'_> {
         self.record(command.to_string());
         let verb = verb(command);
         let args: Vec<&str> = command.split(' ').skip(1).collect();
+        let arg = |i: usize| args.get(i).copied().unwrap_or("").trim_matches('"');
         match verb.as_str() {
-            "LOGIN" => self.login("LOGIN", args.first(), args.get(1)),
-            "AUTHENTICATE" if args.len() >= 2 => {
-                let (user, token) = xoauth2(args[1]);
-                self.login("XOAUTH2", Some(&user.as_str()), Some(&token.as_str()));
+            "LOGIN" => self.login("LOGIN", arg(0), arg(1)),
+            "AUTHENTICATE" => {
+                let (user, token) = xoauth2(arg(1));
+                self.login("XOAUTH2", &user, &token);
             }
             _ => {}
         }
@@ -430,9 +438,10 @@ impl Peer<'_> {
     /// The answer of a well-behaved server.
     fn normal(&mut self, tag: &str, verb: &str, args: &[&str]) -> Served {
         let ok = |what: &str| format!("{tag} OK {what}\r\n");
+        let capabilities = self.capabilities();
         let answer = match verb {
-            "CAPABILITY" => format!("* CAPABILITY {CAPABILITIES}\r\n{}", ok("done")),
-            "LOGIN" | "AUTHENTICATE" => ok(&format!("[CAPABILITY {CAPABILITIES}] logged in")),
+            "CAPABILITY" => format!("* CAPABILITY {capabilities}\r\n{}", ok("done")),
+            "LOGIN" | "AUTHENTICATE" => ok(&format!("[CAPABILITY {capabilities}] logged in")),
             "EXAMINE" | "SELECT" => {
                 let state = self.shared.lock();
                 let m = &state.mailbox;
@@ -470,6 +479,10 @@ impl Peer<'_> {
             _ => format!("{tag} BAD not here\r\n"),
         };
         self.send(answer.as_bytes())
+    }
+
+    fn capabilities(&self) -> String {
+        self.shared.lock().capabilities.clone()
     }
 
     /// `* N EXISTS` when the mailbox grew since the client was last told.
@@ -606,13 +619,12 @@ impl Peer<'_> {
         c.at.push(Instant::now());
     }
 
-    fn login(&self, how: &'static str, user: Option<&&str>, secret: Option<&&str>) {
-        let unquote = |s: Option<&&str>| s.unwrap_or(&"").trim_matches('"').to_string();
+    fn login(&self, how: &'static str, user: &str, secret: &str) {
         let login = Login {
             connection: self.n,
             how,
-            user: unquote(user),
-            secret: unquote(secret),
+            user: user.to_string(),
+            secret: secret.to_string(),
         };
         self.shared.lock().logins.push(login);
     }
@@ -692,6 +704,11 @@ impl Peer<'_> {
             )
         };
     }
+}
+
+/// The length of the literal that ends `command` (`{n}`), if one does.
+fn literal_announced(command: &str) -> Option<usize> {
+    command.strip_suffix('}')?.rsplit_once('{')?.1.parse().ok()
 }
 
 /// The user and bearer token of an XOAUTH2 initial response (base64 of
