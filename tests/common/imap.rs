@@ -50,10 +50,13 @@ pub enum Act {
     /// These lines (CRLF added), round and round, as fast as the client takes them, for this
     /// long; the last round is sent whole.
     Flood(Vec<Vec<u8>>, Duration),
-    /// `head`, which announces a literal of `len` bytes, then the literal until the client hangs
-    /// up (or all of it is sent): what a client reads of it before refusing it is counted in
-    /// [`Connection::sent`].
-    Literal(Vec<u8>, u64),
+    /// `head`, then `len` bytes of `a` without a line break (a literal that `head` announces,
+    /// or a line without end) until the client hangs up, through a small send buffer: what the
+    /// client read of them before it refused them is about [`Connection::sent`].
+    Stream(Vec<u8>, u64),
+    /// Waits for the client's next line (recorded with the commands), e.g. its answer to a
+    /// SASL challenge.
+    Expect,
     /// Says nothing for this long.
     Pause(Duration),
     /// What a well-behaved server does here.
@@ -123,6 +126,24 @@ struct Mailbox {
     next_uid: u32,
     /// UID and header block of each message, in order.
     messages: Vec<(u32, Vec<u8>)>,
+}
+
+impl Mailbox {
+    /// Adds a message's header block; its UID.
+    fn add(&mut self, message: &[u8]) -> u32 {
+        let end = [&b"\r\n\r\n"[..], b"\n\n"]
+            .iter()
+            .filter_map(|blank| {
+                let at = message.windows(blank.len()).position(|w| w == *blank)?;
+                Some(at + blank.len())
+            })
+            .min()
+            .unwrap_or(message.len());
+        let uid = self.next_uid;
+        self.next_uid += 1;
+        self.messages.push((uid, message[..end].to_vec()));
+        uid
+    }
 }
 
 struct State {
@@ -247,19 +268,15 @@ impl ImapServer {
 
     /// Adds a message to the mailbox (its header block is all a client can fetch); its UID.
     pub fn deliver(&self, message: &[u8]) -> u32 {
-        let end = [&b"\r\n\r\n"[..], b"\n\n"]
-            .iter()
-            .filter_map(|blank| {
-                let at = message.windows(blank.len()).position(|w| w == *blank)?;
-                Some(at + blank.len())
-            })
-            .min()
-            .unwrap_or(message.len());
+        self.shared.lock().mailbox.add(message)
+    }
+
+    /// Adds the messages at once: one announcement for them all.
+    pub fn deliver_all(&self, messages: &[Vec<u8>]) {
         let mut state = self.shared.lock();
-        let uid = state.mailbox.next_uid;
-        state.mailbox.next_uid += 1;
-        state.mailbox.messages.push((uid, message[..end].to_vec()));
-        uid
+        for m in messages {
+            state.mailbox.add(m);
+        }
     }
 
     pub fn connections(&self) -> Vec<Connection> {
@@ -418,7 +435,7 @@ impl Peer<'_> {
     fn command(&mut self, tag: &str, command: &str) -> Served {
         self.record(command.to_string());
         let verb = verb(command);
-        let args: Vec<&str> = command.split(' ').skip(1).collect();
+        let args: Vec<&str> = command.split(' ').skip(verb.split(' ').count()).collect();
         let arg = |i: usize| args.get(i).copied().unwrap_or("").trim_matches('"');
         match verb.as_str() {
             "LOGIN" => self.login("LOGIN", arg(0), arg(1)),
@@ -585,7 +602,11 @@ impl Peer<'_> {
                         self.send(&round)?;
                     }
                 }
-                Act::Literal(head, len) => {
+                Act::Expect => {
+                    let line = self.next_line()?;
+                    self.record(String::from_utf8_lossy(&line).into_owned());
+                }
+                Act::Stream(head, len) => {
                     self.small_send_buffer();
                     self.send(&tagged(head))?;
                     let chunk = vec![b'a'; 16 * 1024];
