@@ -47,9 +47,10 @@ pub enum Act {
     Send(Vec<u8>),
     /// These bytes one at a time, this far apart.
     Trickle(Vec<u8>, Duration),
-    /// These lines (CRLF added), round and round, as fast as the client takes them, for this
-    /// long; the last round is sent whole.
-    Flood(Vec<Vec<u8>>, Duration),
+    /// These lines (CRLF added), round and round, as fast as the client takes them, until at
+    /// least this many bytes are sent; the last round is sent whole. A count rather than a time,
+    /// so that a busy machine makes it last longer, not say less.
+    Flood(Vec<Vec<u8>>, u64),
     /// `head`, then `len` bytes of `a` without a line break (a literal that `head` announces,
     /// or a line without end) until the client hangs up, through a small send buffer: what the
     /// client read of them before it refused them is about [`Connection::sent`].
@@ -589,7 +590,7 @@ impl Peer<'_> {
                         self.pause(*every)?;
                     }
                 }
-                Act::Flood(lines, duration) => {
+                Act::Flood(lines, bytes) => {
                     let mut round = Vec::new();
                     while round.len() < 64 * 1024 {
                         for l in lines {
@@ -597,9 +598,10 @@ impl Peer<'_> {
                             round.extend_from_slice(b"\r\n");
                         }
                     }
-                    let until = Instant::now() + *duration;
-                    while Instant::now() < until {
+                    let mut sent = 0;
+                    while sent < *bytes {
                         self.send(&round)?;
+                        sent += round.len() as u64;
                     }
                 }
                 Act::Expect => {
