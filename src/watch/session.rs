@@ -592,6 +592,51 @@ fn code_name(code: &Code) -> String {
     name.to_ascii_uppercase()
 }
 
+/// Drives a session over `data` as the watcher would: greeting, login, EXAMINE, the last UID, a
+/// fetch, IDLE, NOOP and LOGOUT; the first byte picks how the rest is split into reads. For the
+/// fuzz target, and for `cargo test`, which replays what it found. A panic, a hang or a runaway
+/// allocation is a finding, and so is a line of ours with a control character in it, or a header
+/// block beyond what was asked for.
+#[cfg(any(test, fuzzing))]
+pub fn exercise(data: &[u8]) {
+    use super::transport::Script;
+
+    fn clean(line: &str) {
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+    }
+    fn drive(s: &mut Session<Script>) -> Result<(), Fault> {
+        s.capability()?;
+        if let Err(refused) = s.login("me@example.org", "secret")? {
+            clean(&refused.said);
+        }
+        if let Err(refused) = s.examine("INBOX")? {
+            clean(&refused.said);
+        }
+        s.last_uid()?;
+        s.fetch_after(3, &mut |uid, header| {
+            assert!(uid > 3);
+            assert!(header.len() <= MAX_LITERAL as usize);
+        })?;
+        s.idle(Duration::ZERO)?;
+        s.noop()
+    }
+
+    let Some((&seed, rest)) = data.split_first() else {
+        return;
+    };
+    let ended = match Session::greet(Script::split(seed, rest), Duration::from_secs(1)) {
+        Ok(mut s) => {
+            let ended = drive(&mut s);
+            s.logout();
+            ended
+        }
+        Err(fault) => Err(fault),
+    };
+    if let Err(Fault::Lost(why) | Fault::Refused { why, .. }) = ended {
+        clean(&why);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
@@ -610,6 +655,18 @@ mod tests {
         let mut seen = Vec::new();
         s.fetch_after(4, &mut |uid, header| seen.push((uid, header.to_vec())))?;
         Ok(seen)
+    }
+
+    /// The fuzz target's findings (fuzz/fuzz_targets/session.rs), and the seeds it starts from.
+    #[test]
+    fn fuzz_findings_replay() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz-session");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            exercise(&std::fs::read(entry.unwrap().path()).unwrap());
+            n += 1;
+        }
+        assert!(n > 0);
     }
 
     #[test]

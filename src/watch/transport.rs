@@ -294,6 +294,33 @@ fn keepalive(sock: &TcpStream) {
 pub struct Script(pub std::collections::VecDeque<Vec<u8>>);
 
 #[cfg(any(test, fuzzing))]
+impl Script {
+    /// `data` in the pieces a network might hand over: `seed` picks their sizes (1 to 64 bytes,
+    /// or 4 KiB at a time), and now and then an empty piece, a read that timed out.
+    pub fn split(seed: u8, data: &[u8]) -> Script {
+        let mut state = u32::from(seed) | 1;
+        let mut pieces = std::collections::VecDeque::new();
+        let mut rest = data;
+        while !rest.is_empty() {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            let pick = (state >> 16) as usize;
+            if pick.is_multiple_of(17) {
+                pieces.push_back(Vec::new());
+                continue;
+            }
+            let size = match seed & 1 {
+                0 => 1 + pick % 64,
+                _ => 4096,
+            };
+            let (piece, after) = rest.split_at(size.min(rest.len()));
+            pieces.push_back(piece.to_vec());
+            rest = after;
+        }
+        Script(pieces)
+    }
+}
+
+#[cfg(any(test, fuzzing))]
 impl Wire for Script {
     fn read(&mut self, buf: &mut [u8], _deadline: Instant) -> Result<usize, Fault> {
         let Some(mut piece) = self.0.pop_front() else {
