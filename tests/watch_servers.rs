@@ -60,7 +60,8 @@ impl Site {
         self.imap.url(USER)
     }
 
-    /// The watcher on `url`, logging in with the password file, waking with `--interval 0`.
+    /// The watcher on `url`, waking with `--interval 0`, logging in with the password file
+    /// unless `extra` gives a `--password-command`.
     fn command(&self, url: &str, extra: &[&str]) -> Command {
         let mut cmd = self.sandbox.command();
         cmd.args(["--watch", url, "--interval", "0", "--url", &self.relay.url])
