@@ -7,9 +7,10 @@
 //! EXAMINE, `UID FETCH n:* (… BODY.PEEK[HEADER]<0.262144>)`, NOOP, IDLE (announcing each
 //! delivery), DONE, LOGOUT. A script ([`ImapServer::script`]) replaces the greeting, the answer
 //! to a command, or adds to an IDLE, for as many times as it says: bytes as they are, trickled,
-//! a flood of lines, a literal without end, BYE, a hang-up. It records what it received, per
-//! connection: the command lines (tags stripped), the logins with the secret as sent, the bytes
-//! it sent, when the client came and went. It stops on drop, also when a test fails.
+//! a flood of lines, a literal without end, silence, BYE, a hang-up. It records what it
+//! received, per connection: the command lines (tags stripped), the logins with the secret as
+//! sent, the bytes it sent, when the client came and went. It stops on drop, also when a test
+//! fails.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
