@@ -958,8 +958,8 @@ def report(b, took, quick, cmd):
             "",
             f"The watcher under `strace -tt -T -p PID` for the idle period: {len(polls)} returns "
             f"from poll(2) (seconds into the idle period): {len(own)} by its own timeout"
-            + (f" (at {', '.join(map(str, own))} s: the IDLE renewal, 10 minutes after IDLE "
-               f"began, and {len(replies)} more for the server's replies to it)" if own else "")
+            + (f" (at {', '.join(map(str, own))} s: the IDLE renewal, every 5 minutes, "
+               f"and {len(replies)} more for the server's replies to it)" if own else "")
             + f"; {len(data)} because the server said something unasked"
             + (f" (at {', '.join(map(str, data))} s: Dovecot's `* OK Still here` every 2 "
                "minutes)" if data else "")

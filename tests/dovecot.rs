@@ -135,6 +135,11 @@ impl Drop for Site {
 
 impl Site {
     fn new(v: Version, users: &[&str], relay: Relay) -> Site {
+        Site::with_options(v, users, relay, &[])
+    }
+
+    /// [`Site::new`], with these options added to the script's command line.
+    fn with_options(v: Version, users: &[&str], relay: Relay, options: &[&str]) -> Site {
         let dir = v.tempdir("deltapush-dovecot-");
         // The mail user runs the program and reads the scripts from here.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -154,7 +159,17 @@ impl Site {
         let script = d("sieve").join("deltapush.sieve");
         fs::write(
             &script,
-            render("dovecot/deltapush.sieve", &[(RELAY, 1, &relay.url)]),
+            render(
+                "dovecot/deltapush.sieve",
+                &[(
+                    RELAY,
+                    1,
+                    &std::iter::once(relay.url.as_str())
+                        .chain(options.iter().copied())
+                        .collect::<Vec<_>>()
+                        .join("\", \""),
+                )],
+            ),
         )
         .unwrap();
         // Nothing in it to change.
@@ -626,7 +641,13 @@ fn the_lda_path_wakes_after_the_message_is_stored(v: Version) {
 }
 
 fn a_hung_relay_holds_up_no_delivery(v: Version) {
-    let site = Site::new(v, &["gus"], Relay::always(Reply::Hang));
+    // A budget of 3 s rather than the default 15 s: the sender waits it out below.
+    let site = Site::with_options(
+        v,
+        &["gus"],
+        Relay::always(Reply::Hang),
+        &["--timeout", "3s"],
+    );
     let token = phone_token(41, 924);
     site.register_as_2_23("gus", &token);
     let d = site.deliver("gus", &plain(1));
@@ -655,7 +676,7 @@ fn a_hung_relay_holds_up_no_delivery(v: Version) {
         "{waiting:?}"
     );
     site.assert_quiet_log();
-    // After its --timeout (the script's default, 15 s) it gives up, and leaves its failure in
+    // After its --timeout (3 s here) it gives up, and leaves its failure in
     // the token state: nothing in the log yet (no one reads its lines).
     let state = cache_dir.join(sha256_hex(token.as_bytes()));
     let gave_up = site.settle();

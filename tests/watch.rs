@@ -307,16 +307,17 @@ fn reconnects_after_the_imap_process_is_killed() {
 
 fn reconnects_after_the_server_restarts() {
     let mut site = Site::new(Variant::default());
-    let w = site.watch(&["--interval", "0"]);
+    // The backoff on a clock 16 times faster: 1, 2, 4, 8, 16, 32 s are 1/16 s and so on.
+    let w = site.watch(&["--interval", "0", "--watch-speedup", "16"]);
     let landed = std::cell::Cell::new(None);
-    // Down for 20 s, with mail arriving meanwhile. The watcher tries again after 1, 3, 7, 15
-    // and 31 s: the last one finds the server back.
+    // Down for 3 s, with mail arriving meanwhile. The watcher tries again after 1/16, 3/16, 7/16,
+    // 15/16, 31/16 and 63/16 s: the last one finds the server back.
     site.dc.restart(|dc| {
         dc.deliver(&chat());
-        std::thread::sleep(Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(1500));
         dc.deliver(&chat());
         landed.set(Some(Instant::now()));
-        std::thread::sleep(Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(1500));
     });
     // Both fetched at once after the reconnect: one wakeup for the two.
     let posts = site.wait_posts(1, Duration::from_secs(15));
@@ -525,7 +526,8 @@ fn an_untrusted_certificate_is_refused() {
         },
     ] {
         let site = Site::new(variant);
-        let mut cmd = site.command(&[]);
+        // The backoff on a clock 4 times faster.
+        let mut cmd = site.command(&["--watch-speedup", "4"]);
         cmd.env_remove("SSL_CERT_FILE");
         let w = site.watch_unready(cmd);
         let want = line(&format!(
@@ -535,8 +537,9 @@ fn an_untrusted_certificate_is_refused() {
         wait_for(Duration::from_secs(5), "the TLS refusal", || {
             w.stderr() == want
         });
-        // Its retries (after 1 s and 3 s) say the same, so they say nothing.
-        std::thread::sleep(Duration::from_millis(3500));
+        // Its retries (after 1 s and 3 s, here 1/4 and 3/4 s) say the same, so they say
+        // nothing.
+        std::thread::sleep(Duration::from_millis(1000));
         let (status, stderr) = w.terminate();
         assert_eq!((status.code(), stderr), (Some(0), want));
         assert!(
@@ -552,9 +555,10 @@ fn a_server_without_idle_is_polled() {
         no_idle: true,
         ..Variant::default()
     });
-    let w = site.watch(&["--interval", "0"]);
+    // Every 30 s on a clock 30 times faster: every second.
+    let w = site.watch(&["--interval", "0", "--watch-speedup", "30"]);
     let landed = site.deliver(&chat());
-    let posts = site.wait_posts(1, Duration::from_secs(32));
+    let posts = site.wait_posts(1, Duration::from_secs(3));
     assert!(posts[0] > landed);
     let (status, stderr) = w.terminate();
     assert_eq!(status.code(), Some(0));
@@ -621,19 +625,19 @@ fn a_uidvalidity_change_starts_over_without_a_flood() {
     assert_eq!(site.relay.posts().len(), 2, "no flood of old mail");
 }
 
-/// With the default --interval (10 s), a message inside the interval is woken at its end: within
-/// the interval plus 1 s of landing.
-fn the_default_interval_defers_the_next_wakeup_to_its_end() {
+/// A message inside the interval (3 s here; 10 s by default) is woken at its end: within the
+/// interval plus 1 s of landing.
+fn the_interval_defers_the_next_wakeup_to_its_end() {
     let site = Site::new(Variant::default());
-    let w = site.watch(&[]);
+    let w = site.watch(&["--interval", "3s"]);
     let first = site.deliver(&chat());
     site.assert_woken(&[first]);
     let second = site.deliver(&chat());
     let third = site.deliver(&chat());
-    let posts = site.wait_posts(2, Duration::from_secs(12));
-    assert!(posts[1] - posts[0] >= Duration::from_secs(10), "{posts:?}");
+    let posts = site.wait_posts(2, Duration::from_secs(5));
+    assert!(posts[1] - posts[0] >= Duration::from_secs(3), "{posts:?}");
     for landed in [second, third] {
-        assert!(posts[1] > landed && posts[1] - landed <= Duration::from_secs(11));
+        assert!(posts[1] > landed && posts[1] - landed <= Duration::from_secs(4));
     }
     let (status, stderr) = w.terminate();
     assert_eq!((status.code(), stderr), (Some(0), watching(&site)));
@@ -1139,8 +1143,8 @@ fn watch_against_real_imap_servers() {
             xoauth2_with_a_token_from_the_command,
         ),
         (
-            "the_default_interval_defers_the_next_wakeup_to_its_end",
-            the_default_interval_defers_the_next_wakeup_to_its_end,
+            "the_interval_defers_the_next_wakeup_to_its_end",
+            the_interval_defers_the_next_wakeup_to_its_end,
         ),
         (
             "a_uidvalidity_change_starts_over_without_a_flood",

@@ -510,10 +510,20 @@ fn open(
     }
     let secret = secret(&watch.secret)?;
     let reply = match watch.auth {
-        Auth::Password => s.login(&url.user, &secret)?,
-        Auth::Xoauth2 => s.xoauth2(&url.user, &secret)?,
+        Auth::Password => s.login(&url.user, &secret),
+        Auth::Xoauth2 => s.xoauth2(&url.user, &secret),
     };
     drop(secret);
+    let reply = reply.map_err(|fault| match fault {
+        // An answer to the login that is not IMAP (IMAP text is ASCII: a refusal in another
+        // language is one) may be a refusal: no faster than a refused login.
+        Fault::Garbled(_) => End::Lost {
+            why: fault.why(),
+            pace: Pace::Login,
+            asked: None,
+        },
+        fault => fault.into(),
+    })?;
     if let Err(r) = reply {
         let refused = format!("the server refused the login: {}", r.said);
         return Err(match refusal::login(r.code.as_deref(), r.bad, &r.said) {

@@ -276,12 +276,7 @@ impl<W: Wire> Session<W> {
                     self.frames.take(&self.buf[..n], Instant::now())?;
                     self.client.enqueue_input(&self.buf[..n]);
                 }
-                Err(Interrupt::Error(e)) => {
-                    return Err(Fault::Lost(format!(
-                        "the server's answer: {}",
-                        printable(e.to_string())
-                    )));
-                }
+                Err(Interrupt::Error(e)) => return Err(Fault::Garbled(printable(e.to_string()))),
             }
         }
     }
@@ -632,7 +627,7 @@ pub fn exercise(data: &[u8]) {
         }
         Err(fault) => Err(fault),
     };
-    if let Err(Fault::Lost(why) | Fault::Refused { why, .. }) = ended {
+    if let Err(Fault::Lost(why) | Fault::Refused { why, .. } | Fault::Garbled(why)) = ended {
         clean(&why);
     }
 }
@@ -736,10 +731,10 @@ mod tests {
             b"* BYE a\0b\r\n",
             b"* BYE a\rb\r\n",
         ] {
-            let Err(Fault::Lost(why)) = session(&[bad]) else {
+            let Err(Fault::Garbled(what)) = session(&[bad]) else {
                 panic!("taken")
             };
-            assert_eq!(why, "the server's answer: Received malformed message");
+            assert_eq!(what, "Received malformed message");
         }
         let mut s = session(&[
             b"* OK hi\r\n",

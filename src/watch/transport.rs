@@ -20,6 +20,8 @@ pub enum Fault {
     Lost(String),
     /// The deadline passed before the server had said all it had to.
     TimedOut,
+    /// The server's answer is not IMAP (imap-next's word for what is wrong with it).
+    Garbled(String),
     /// The server refused a command that only needs to be tried again, and may have said when.
     Refused {
         why: String,
@@ -35,6 +37,7 @@ impl Fault {
         match self {
             Fault::Lost(why) | Fault::Refused { why, .. } => why,
             Fault::TimedOut => "the server did not answer in time".into(),
+            Fault::Garbled(what) => format!("the server's answer: {what}"),
             Fault::Stopped => "stopped".into(),
         }
     }
