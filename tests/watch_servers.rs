@@ -677,55 +677,70 @@ fn escapes(words: &str) -> (Vec<u8>, String) {
     (text.into_bytes(), format!("{words} now done"))
 }
 
-/// Bytes IMAP's grammar has no room for in text, which servers send all the same: a CR and a
-/// NUL to forge a line, a bidi override, invalid UTF-8.
-fn forbidden(words: &str) -> (Vec<u8>, String) {
-    let mut text = words.as_bytes().to_vec();
-    text.extend_from_slice(b"\rdeltapush-mda: forged\x00 \xe2\x80\xaeevil \xff\xfe end.");
-    (
-        text,
-        format!("{words} deltapush-mda: forged evil \u{fffd}\u{fffd} end"),
-    )
-}
-
-/// `hostile` text (the bytes, and how a line of ours shows them) in a greeting BYE, an EXAMINE
-/// BAD, a BYE inside IDLE, a login `NO [ALERT]` and a bare login NO: every line clean and exact,
-/// every refusal read as it means.
-fn server_text_is_made_printable(hostile: fn(&str) -> (Vec<u8>, String)) {
-    let site = Site::new(100);
+/// Puts `text` (the words with a hostile server's bytes around them) in a greeting BYE, an
+/// EXAMINE BAD, a BYE inside IDLE, a login `NO [ALERT]` and a bare login NO, in this order over
+/// five connections.
+fn script_hostile_text(site: &Site, text: fn(&str) -> Vec<u8>) {
     let with = |head: &str, words: &str| {
         let mut t = head.as_bytes().to_vec();
-        t.extend(hostile(words).0);
+        t.extend(text(words));
         t.extend_from_slice(b"\r\n");
         t
     };
-    let cleaned = |words: &str| hostile(words).1;
-    site.imap.script(
+    let imap = &site.imap;
+    imap.script(
         On::Greeting,
         1,
         vec![Act::Send(with("* BYE ", "greeting")), Act::Close],
     );
-    site.imap.script(
+    imap.script(
         On::Command("EXAMINE"),
         1,
         vec![Act::Send(with("{tag} BAD ", "examine"))],
     );
-    site.imap.script(
+    imap.script(
         On::Idling,
         1,
         vec![Act::Send(with("* BYE ", "idle")), Act::Close],
     );
-    site.imap.script(On::Command("LOGIN"), 2, vec![Act::Normal]);
-    site.imap.script(
+    imap.script(On::Command("LOGIN"), 2, vec![Act::Normal]);
+    imap.script(
         On::Command("LOGIN"),
         1,
         vec![Act::Send(with("{tag} NO [ALERT] ", "alert"))],
     );
-    site.imap.script(
+    imap.script(
         On::Command("LOGIN"),
         1,
         vec![Act::Send(with("{tag} NO ", "refused"))],
     );
+}
+
+/// The connections of [`script_hostile_text`], as the server saw them.
+fn assert_hostile_connections(site: &Site, n: usize) {
+    let c = site.connections(n);
+    let login = ["LOGIN", "CAPABILITY", "EXAMINE"];
+    let mut want = vec![
+        verbs(&[]),
+        verbs(&login),
+        verbs(&[&login[..], &["UID FETCH", "IDLE"]].concat()),
+        verbs(&["LOGIN"]),
+        verbs(&["LOGIN"]),
+    ];
+    want.truncate(n);
+    assert_eq!(
+        c[..n].iter().map(Connection::verbs).collect::<Vec<_>>(),
+        want
+    );
+    let logins: Vec<(usize, &str)> = (1..c.len()).map(|n| (n, PASSWORD)).collect();
+    site.assert_logins("LOGIN", &logins);
+}
+
+/// Terminal escapes in server text: every line clean and exact, every refusal read as it means.
+fn terminal_escapes_in_server_text_are_dropped() {
+    let site = Site::new(100);
+    script_hostile_text(&site, |words| escapes(words).0);
+    let cleaned = |words: &str| escapes(words).1;
     let w = site.watch(&[]);
     let url = site.url();
     let (status, stderr) = w.exit();
@@ -753,34 +768,51 @@ fn server_text_is_made_printable(hostile: fn(&str) -> (Vec<u8>, String)) {
         )),
     ]
     .concat();
-    assert_eq!(
-        (status, stderr.as_str()),
-        (Some(77), want.as_str()),
-        "{stderr}"
-    );
-    let c = site.connections(5);
-    assert_eq!(
-        c.iter().map(Connection::verbs).collect::<Vec<_>>(),
-        [
-            verbs(&[]),
-            verbs(&["LOGIN", "CAPABILITY", "EXAMINE"]),
-            verbs(&["LOGIN", "CAPABILITY", "EXAMINE", "UID FETCH", "IDLE"]),
-            verbs(&["LOGIN"]),
-            verbs(&["LOGIN"]),
-        ]
-    );
-    site.assert_logins(
-        "LOGIN",
-        &[(1, PASSWORD), (2, PASSWORD), (3, PASSWORD), (4, PASSWORD)],
-    );
+    assert_eq!((status, stderr), (Some(77), want));
+    assert_eq!(site.connections(5).len(), 5);
+    assert_hostile_connections(&site, 5);
 }
 
-fn terminal_escapes_in_server_text_are_dropped() {
-    server_text_is_made_printable(escapes);
-}
-
-fn forbidden_bytes_in_server_text_are_dropped() {
-    server_text_is_made_printable(forbidden);
+/// Bytes IMAP's grammar has no room for in text (RFC 3501 TEXT-CHAR: 7-bit, no CR, no NUL),
+/// which servers send all the same: a CR and a NUL to forge a line, a bidi override, invalid
+/// UTF-8. Such an answer is not IMAP: none of it reaches a line, and an answer to the login
+/// that is not IMAP, which may be a refusal in another language, is tried again at the login
+/// pace, never faster (`-v` shows each try).
+fn bytes_beyond_imap_text_never_reach_a_line() {
+    let site = Site::new(100);
+    script_hostile_text(&site, |words| {
+        let mut text = words.as_bytes().to_vec();
+        text.extend_from_slice(b"\rdeltapush-mda: forged\x00 \xe2\x80\xaeevil \xff\xfe end.");
+        text
+    });
+    let w = site.watch(&["-v"]);
+    let url = site.url();
+    let garbled = "the server's answer: Received malformed message";
+    let want = [
+        again(&url, garbled, 1),
+        again(&url, garbled, 2),
+        watching(&url),
+        again(&url, garbled, 4),
+        again(&url, garbled, 120),
+        again(&url, garbled, 240),
+        watching(&url),
+    ]
+    .concat();
+    w.wait_stderr(&want, SOON * 2);
+    site.wait_idle(5, 1);
+    let (status, stderr) = w.terminate();
+    assert_eq!((status, stderr), (Some(0), want));
+    let c = site.connections(6);
+    assert_eq!(c.len(), 6);
+    assert_hostile_connections(&site, 5);
+    for (n, ms) in [(4, 1200), (5, 2400)] {
+        let waited = c[n].opened - *c[n - 1].at.last().unwrap();
+        assert!(
+            waited + MS >= Duration::from_millis(ms),
+            "connection {n} after {waited:?}, expected at least {ms} ms"
+        );
+    }
+    assert_watched(&c[5], "LOGIN", &["DONE", "LOGOUT"]);
 }
 
 /// Gmail's 16th connection: `NO [ALERT] Too many simultaneous connections. (Failure)`, three
@@ -1257,8 +1289,8 @@ fn watch_against_the_servers_of_the_internet() {
             terminal_escapes_in_server_text_are_dropped,
         ),
         (
-            "forbidden_bytes_in_server_text_are_dropped",
-            forbidden_bytes_in_server_text_are_dropped,
+            "bytes_beyond_imap_text_never_reach_a_line",
+            bytes_beyond_imap_text_never_reach_a_line,
         ),
         (
             "gmail_connection_limit_is_retried_at_the_login_pace",
