@@ -181,6 +181,8 @@ impl Watcher {
     /// Asserts the peak memory bound, then SIGTERM: exit status and stderr.
     fn terminate(mut self) -> (Option<i32>, String) {
         let peak = self.peak_kib();
+        let case = std::thread::current().name().unwrap_or("").to_string();
+        println!("{case}: peak {peak} KiB");
         assert!(
             peak <= PEAK_KIB,
             "peak resident memory {peak} KiB, more than {PEAK_KIB} KiB"
@@ -379,6 +381,7 @@ fn a_trickled_greeting_is_dropped_at_the_timeout() {
 fn assert_dropped_after(c: &Connection, from: Instant, timeout: Duration) {
     let closed = c.closed.expect("the connection is still open");
     let after = closed - from;
+    println!("dropped {after:?} after it began, with a timeout of {timeout:?}");
     assert!(
         after >= timeout - Duration::from_millis(50) && after < timeout + Duration::from_secs(1),
         "dropped {after:?} after it began, with a timeout of {timeout:?}"
@@ -489,6 +492,7 @@ fn a_huge_literal_is_refused_unread() {
     assert_eq!((status, stderr), (Some(0), want));
     let c = site.connections(2);
     assert_eq!(c.len(), 2);
+    println!("a literal of 2 GiB: {} bytes sent", c[0].sent);
     assert!(
         c[0].sent < 1 << 20,
         "{} bytes of the literal sent",
@@ -530,6 +534,7 @@ fn a_line_without_end_is_refused() {
     assert_eq!((status, stderr), (Some(0), want));
     let c = site.connections(2);
     assert_eq!(c.len(), 2);
+    println!("a line without end: {} bytes sent", c[0].sent);
     assert!(c[0].sent < 1 << 20, "{} bytes of the line sent", c[0].sent);
     assert_eq!(
         c[0].verbs(),
