@@ -217,8 +217,9 @@ fn verbs(words: &[&str]) -> Vec<String> {
 }
 
 /// Asserts that a connection that watched did what a watcher does and nothing else: log in,
-/// ask for the capabilities (the login's OK carries them, but in its tagged answer), EXAMINE, catch up, then rounds of IDLE, DONE and a fetch (after news or a renewal), ended by
-/// `end` (e.g. `DONE`, `LOGOUT` after SIGTERM). Returns the number of rounds.
+/// ask for the capabilities (the login's tagged OK carries them, unread), EXAMINE, catch up,
+/// then rounds of IDLE, DONE and a fetch (after news, or NOOP and a fetch at a renewal), ended
+/// by IDLE and `end` (e.g. `DONE`, `LOGOUT` after SIGTERM). Returns the number of rounds.
 fn assert_watched(c: &Connection, login: &str, end: &[&str]) -> usize {
     let v = c.verbs();
     let start = verbs(&[login, "CAPABILITY", "EXAMINE", "UID FETCH"]);
