@@ -615,9 +615,11 @@ fn gmail_xoauth2_refusal_is_retried_with_a_fresh_token() {
         On::Command("AUTHENTICATE"),
         2,
         vec![
-            Act::line(
-                "+ eyJzdGF0dXMiOiI0MDAiLCJzY2hlbWVzIjoiQmVhcmVyIiwic2NvcGUiOiJodHRwczovL21haWwuZ29vZ2xlLmNvbS8ifQ==",
-            ),
+            // {"status":"400","schemes":"Bearer","scope":"https://mail.google.com/"}
+            Act::line(concat!(
+                "+ eyJzdGF0dXMiOiI0MDAiLCJzY2hlbWVzIjoiQmVhcmVyIiwic2NvcGUiOiJodHRwczovL21ha",
+                "WwuZ29vZ2xlLmNvbS8ifQ=="
+            )),
             Act::Expect,
             Act::tagged("NO [AUTHENTICATIONFAILED] Invalid credentials (Failure)"),
         ],
