@@ -23,7 +23,7 @@ _deltapush__mda() {
 
     case "${cmd}" in
         deltapush__mda)
-            opts="-v -q -h -V --token-file --url --interval --timeout --cache-dir --remember --dry-run --tempfail --skip-from --only-chat --max-age --check --watch --password-file --password-command --auth --verbose --quiet --hold --help --version"
+            opts="-v -q -h -V --token-file --url --interval --timeout --cache-dir --remember --dry-run --tempfail --skip-from --only-chat --max-age --check --watch --password-file --password-command --auth --verbose --quiet --hold --setup --log --address --trust-server --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -105,6 +105,36 @@ _deltapush__mda() {
                     ;;
                 --auth)
                     COMPREPLY=($(compgen -W "password xoauth2" -- "${cur}"))
+                    return 0
+                    ;;
+                --setup)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --log)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --address)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --trust-server)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum, ValueHint};
+use clap::{ArgGroup, Parser, ValueEnum, ValueHint};
 
 pub const DEFAULT_URL: &str = "https://notifications.delta.chat/notify";
 
@@ -52,6 +52,8 @@ pub fn after_help() -> String {
 /// Silent on success.
 #[derive(Debug, Parser)]
 #[command(name = "deltapush-mda", version, after_help = after_help())]
+// What the password options go with: a watcher, or the set-up of one.
+#[command(group = ArgGroup::new("mailbox").args(["watch", "setup"]).multiple(true))]
 pub struct Cli {
     /// Notify tokens, or push-token=… / notify-token=… lines copied from Delta Chat's log
     #[arg(value_name = "TOKEN", value_hint = ValueHint::Other)]
@@ -125,20 +127,20 @@ pub struct Cli {
           conflicts_with_all = ["dry_run", "tempfail", "hold"])]
     pub watch: Option<String>,
 
-    /// With --watch: the IMAP password is the first line of this file (only its owner may read it)
+    /// With --watch or --setup: the IMAP password is the first line of this file (only its owner may read it)
     #[arg(long, value_name = "PATH", env = "DELTAPUSH_PASSWORD_FILE",
-          value_hint = ValueHint::FilePath, requires = "watch")]
+          value_hint = ValueHint::FilePath, requires = "mailbox")]
     pub password_file: Option<PathBuf>,
 
-    /// With --watch: run this shell command at every login; the first line of its output is the
+    /// With --watch or --setup: run this shell command at every login; the first line of its output is the
     /// password, or the OAuth 2 access token with --auth xoauth2
     #[arg(long, value_name = "CMD", env = "DELTAPUSH_PASSWORD_COMMAND",
-          value_hint = ValueHint::CommandString, requires = "watch", conflicts_with = "password_file")]
+          value_hint = ValueHint::CommandString, requires = "mailbox", conflicts_with = "password_file")]
     pub password_command: Option<String>,
 
-    /// With --watch: how to log in
+    /// With --watch or --setup: how to log in
     #[arg(long, value_name = "MECHANISM", value_enum, env = "DELTAPUSH_AUTH",
-          default_value_t = Auth::Password, requires = "watch")]
+          default_value_t = Auth::Password, requires = "mailbox")]
     pub auth: Auth,
 
     /// The watcher's own clock (renewal, poll, backoff, login pace) runs this many times faster,
@@ -165,6 +167,30 @@ pub struct Cli {
     #[arg(long, hide = true, value_name = "PID.NONCE", value_parser = parse_waiting,
           conflicts_with_all = ["check", "dry_run", "remember", "hold"])]
     pub wait_stored: Option<Waiting>,
+
+    /// Set up a watcher of the account NAME from Delta Chat's log (pasted on standard input, or
+    /// --log): asks only what the log lacks, checks the login, writes the files of
+    /// deltapush-watch@NAME, then enables and starts that systemd user unit. Run it again to add a
+    /// phone's token or change a setting. With --watch, that mailbox instead of the log's servers
+    #[arg(long, value_name = "NAME", value_parser = parse_name, value_hint = ValueHint::Other,
+          conflicts_with_all = ["tokens", "token_file", "check", "dry_run", "tempfail", "hold",
+                                "remember", "skip_from", "only_chat", "max_age", "interval"])]
+    pub setup: Option<String>,
+
+    /// With --setup: read the log from this file (saved from View Log) instead of standard
+    /// input; repeatable, one log per phone
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath, requires = "setup")]
+    pub log: Vec<PathBuf>,
+
+    /// With --setup: your address, where the log hides it (***@example.org)
+    #[arg(long, value_name = "ADDR", value_hint = ValueHint::EmailAddress, requires = "setup")]
+    pub address: Option<String>,
+
+    /// With --setup: send the password to this IMAP server of the log although it is not in
+    /// your address's domain (asked on a terminal); repeatable or comma-separated
+    #[arg(long, value_name = "HOST", value_delimiter = ',', value_hint = ValueHint::Hostname,
+          requires = "setup")]
+    pub trust_server: Vec<String>,
 
     /// The deferred sender that a run starts: it reads one token on standard input, waits for
     /// the token's interval to end and posts it. Not for people.
@@ -196,6 +222,21 @@ fn parse_waiting(s: &str) -> Result<Waiting, String> {
     })
 }
 
+/// An account's name: part of the unit's name and of its files' names.
+fn parse_name(s: &str) -> Result<String, String> {
+    let fine = !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with(['.', '-'])
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    match fine {
+        true => Ok(s.to_string()),
+        false => {
+            Err("a NAME is 1 to 64 letters, digits, '.', '_' or '-', not first '.' or '-'".into())
+        }
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (examples: 10s, 1m 30s, 0)"))
 }
@@ -203,7 +244,18 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Turns clap's multi-line report into our one-line form.
 pub fn usage_line(err: &clap::Error) -> String {
     let text = err.to_string();
-    let first = text.lines().next().unwrap_or_default();
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or_default();
     let first = first.strip_prefix("error: ").unwrap_or(first);
-    format!("{first}; see --help")
+    // "the following required arguments were not provided:" lists them on the lines below.
+    match first.strip_suffix(':') {
+        Some(head) => {
+            let listed: Vec<&str> = lines
+                .take_while(|l| l.starts_with("  "))
+                .map(str::trim)
+                .collect();
+            format!("{head}: {}; see --help", listed.join(", "))
+        }
+        None => format!("{first}; see --help"),
+    }
 }

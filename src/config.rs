@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::account::{self, Secret, Watch, WatchUrl};
-use crate::cli::{Cli, Waiting};
+use crate::cli::{Auth, Cli, Waiting};
 use crate::error::{Error, Result};
 use crate::message::Rules;
 use crate::relay::Url;
@@ -22,6 +22,8 @@ pub enum Mode {
     WaitStored(Waiting),
     SendDeferred,
     Watch,
+    /// Set up a watcher from the app's log (`--setup NAME`).
+    Setup,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -47,10 +49,30 @@ pub struct Config {
     pub rules: Rules,
     pub tempfail: bool,
     pub verbosity: Verbosity,
-    /// Set with --watch, in every mode that takes it.
+    /// Set with --watch, in every mode that takes it; with --setup, the mailbox asked for.
     pub watch: Option<Watch>,
     /// How many times faster than real time the watcher's own clock runs (tests only).
     pub watch_speedup: u32,
+    /// Set in `Mode::Setup`.
+    pub setup: Option<Setup>,
+}
+
+/// What `--setup` was given; every question it would ask has its option here.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub name: String,
+    /// Empty: the log comes on standard input.
+    pub logs: Vec<PathBuf>,
+    pub address: Option<String>,
+    /// Servers outside the address's domain that may have the password.
+    pub trusted: Vec<String>,
+    /// --password-file (absolute) or --password-command.
+    pub secret: Option<Secret>,
+    pub auth: Auth,
+    /// --watch: this mailbox instead of the log's servers.
+    pub url: Option<WatchUrl>,
+    /// --url was given: the watcher is to use it too.
+    pub relay_given: bool,
 }
 
 /// The default cache dir: `$XDG_CACHE_HOME/deltapush-mda`, else `~/.cache/deltapush-mda`.
@@ -75,22 +97,53 @@ impl Config {
             _ if cli.send_deferred => Mode::SendDeferred,
             _ if cli.hold => Mode::Hold,
             Some(waiting) => Mode::WaitStored(waiting),
+            None if cli.setup.is_some() => Mode::Setup,
             None if cli.watch.is_some() => Mode::Watch,
             None => Mode::Deliver,
         };
+        let secret = |file: Option<PathBuf>, command: Option<String>| -> Result<Option<Secret>> {
+            Ok(match (file, command) {
+                (Some(path), _) => {
+                    // Checked now, so a wrong file stops the start and not the first login.
+                    account::read_password_file(&path)?;
+                    Some(Secret::File(path))
+                }
+                (None, Some(cmd)) => Some(Secret::Command(cmd)),
+                (None, None) => None,
+            })
+        };
+        let mut setup = None;
+        if let Some(name) = cli.setup {
+            if let Some(address) = &cli.address {
+                crate::setup::check_address(address)?;
+            }
+            setup = Some(Setup {
+                name,
+                logs: cli.log,
+                address: cli.address,
+                trusted: cli.trust_server,
+                // The unit reads the file from another directory.
+                secret: secret(cli.password_file.clone(), cli.password_command.clone())?.map(|s| {
+                    match s {
+                        Secret::File(path) => {
+                            Secret::File(std::path::absolute(&path).unwrap_or(path))
+                        }
+                        other => other,
+                    }
+                }),
+                url: cli.watch.as_deref().map(WatchUrl::parse).transpose()?,
+                auth: cli.auth,
+                relay_given: cli.url != crate::cli::DEFAULT_URL,
+            });
+        }
         let watch = match &cli.watch {
             None => None,
+            // The set-up builds its own, once it knows the server and the password.
+            Some(_) if setup.is_some() => None,
             Some(url) => Some(Watch {
                 url: WatchUrl::parse(url)?,
-                secret: match (cli.password_file, cli.password_command) {
-                    (Some(path), _) => {
-                        // Checked now, so a wrong file stops the start and not the first login.
-                        account::read_password_file(&path)?;
-                        Secret::File(path)
-                    }
-                    (None, Some(cmd)) => Secret::Command(cmd),
-                    (None, None) => return Err(Error::NoPassword),
-                },
+                secret: secret(cli.password_file, cli.password_command)?
+                    .ok_or(Error::NoPassword)?,
                 auth: cli.auth,
             }),
         };
@@ -112,7 +165,8 @@ impl Config {
         }
         let tokens = token::dedup(tokens);
         // The sender reads its token on a pipe; the waiter finds its tokens in the held record.
-        let needs_token = !matches!(mode, Mode::SendDeferred | Mode::WaitStored(_));
+        // The set-up finds its tokens in the log.
+        let needs_token = !matches!(mode, Mode::SendDeferred | Mode::WaitStored(_) | Mode::Setup);
         if tokens.is_empty() && !cli.remember && needs_token {
             return Err(Error::NoToken);
         }
@@ -145,6 +199,7 @@ impl Config {
                 v => v,
             },
             watch,
+            setup,
             watch_speedup: cli.watch_speedup,
         })
     }

@@ -77,7 +77,59 @@ pub enum Error {
     },
     /// The watcher could not set up its SIGTERM handling or its TLS.
     WatchSetup(String),
+    /// --setup: the log (`from`: standard input or --log FILE) is not one to read.
+    Log {
+        from: String,
+        problem: LogProblem,
+    },
+    /// --setup: the log could not be read.
+    LogRead {
+        path: Option<PathBuf>,
+        source: io::Error,
+    },
+    /// --setup: the log has no token line at all.
+    LogWithoutToken,
+    /// --setup: a question without a terminal to ask it on.
+    Unasked {
+        what: &'static str,
+        option: &'static str,
+    },
+    /// --setup: an address that is not one.
+    Address(String),
+    /// --setup: the address given is not the one of the account in the log.
+    AddressNotInLog {
+        address: String,
+        log: String,
+    },
+    /// --setup: a server of the log outside the address's domain, not trusted.
+    Untrusted {
+        host: String,
+        domain: String,
+        declined: bool,
+    },
+    /// --setup: no server of the log took the connection; the last one's line.
+    NoServer {
+        tried: usize,
+        last: String,
+    },
+    /// --setup: the check of the chosen server failed: its exit status and line.
+    Checked(u8, String),
+    /// --setup: writing one of the watcher's files.
+    SetupWrite {
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// --setup: `systemctl --user` failed once the user's systemd answered.
+    Systemd {
+        command: String,
+        said: String,
+    },
+    /// --setup: the terminal failed while asking.
+    Terminal(io::Error),
 }
+
+/// Why a log is not one to read (see `applog::Problem`).
+pub use crate::applog::Problem as LogProblem;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum WatchUrlProblem {
@@ -126,6 +178,20 @@ impl Error {
                 exit::UNAVAILABLE
             }
             Error::Privileges(_) => exit::NOPERM,
+            Error::Log { .. }
+            | Error::LogWithoutToken
+            | Error::Unasked { .. }
+            | Error::Address(_)
+            | Error::AddressNotInLog { .. }
+            | Error::Untrusted {
+                declined: false, ..
+            } => exit::USAGE,
+            Error::Untrusted { declined: true, .. } => exit::NOPERM,
+            Error::LogRead { path: None, .. } => exit::IOERR,
+            Error::LogRead { path: Some(_), .. } | Error::SetupWrite { .. } => exit::CONFIG,
+            Error::NoServer { .. } | Error::Systemd { .. } => exit::UNAVAILABLE,
+            Error::Checked(code, _) => *code,
+            Error::Terminal(_) => exit::IOERR,
         }
     }
 }
@@ -214,6 +280,65 @@ impl fmt::Display for Error {
                  {}: {source}; nothing was read or sent",
                 ids.real, ids.effective, ids.saved, ids.effective
             ),
+            Error::Log { from, problem } => match problem {
+                LogProblem::TooBig => write!(
+                    f,
+                    "{from}: more than {} MiB, not a log from Delta Chat's View Log",
+                    crate::applog::MAX_LOG >> 20
+                ),
+                LogProblem::LineTooLong { line } => write!(
+                    f,
+                    "{from}, line {line}: longer than {} KiB, not a log from Delta Chat's View Log",
+                    crate::applog::MAX_LINE >> 10
+                ),
+                LogProblem::NotText { line } => write!(
+                    f,
+                    "{from}, line {line}: not text, not a log from Delta Chat's View Log"
+                ),
+                LogProblem::Token { line, problem } => write!(f, "{from}, line {line}: {problem}"),
+            },
+            Error::LogRead { path: None, source } => {
+                write!(f, "reading the log from standard input: {source}")
+            }
+            Error::LogRead {
+                path: Some(path),
+                source,
+            } => write!(f, "--log {}: {source}", path.display()),
+            Error::LogWithoutToken => f.write_str(
+                "the log has no push-token= or notify-token= line: paste the log of the phone \
+                 from its top (Delta Chat Desktop has no push token)",
+            ),
+            Error::Unasked { what, option } => {
+                write!(f, "no terminal to ask for {what}: give {option}")
+            }
+            Error::Address(text) => write!(f, "{text}: not an email address"),
+            Error::AddressNotInLog { address, log } => write!(
+                f,
+                "{address} is not the account of the log ({log}): paste the log of that account"
+            ),
+            Error::Untrusted {
+                host,
+                domain,
+                declined: false,
+            } => write!(
+                f,
+                "the log's server {host} is not in {domain}, your address's domain: to send \
+                 the password there, give --trust-server {host}; nothing written"
+            ),
+            Error::Untrusted {
+                host,
+                declined: true,
+                ..
+            } => write!(f, "the password does not go to {host}; nothing written"),
+            Error::NoServer { tried: 1, last } => write!(f, "{last}; nothing written"),
+            Error::NoServer { tried, last } => write!(
+                f,
+                "none of the {tried} servers in the log answered, the last: {last}; nothing written"
+            ),
+            Error::Checked(_, line) => write!(f, "{line}; nothing written"),
+            Error::SetupWrite { path, source } => write!(f, "writing {}: {source}", path.display()),
+            Error::Systemd { command, said } => write!(f, "{command}: {said}"),
+            Error::Terminal(e) => write!(f, "the terminal: {e}; nothing written"),
         }
     }
 }
@@ -267,7 +392,10 @@ impl std::error::Error for Error {
             }
             | Error::Cache { source: e, .. }
             | Error::Input(e)
-            | Error::Privileges(Kept { source: e, .. }) => Some(e),
+            | Error::Privileges(Kept { source: e, .. })
+            | Error::LogRead { source: e, .. }
+            | Error::SetupWrite { source: e, .. }
+            | Error::Terminal(e) => Some(e),
             _ => None,
         }
     }

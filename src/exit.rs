@@ -24,22 +24,24 @@ pub struct Status {
 pub const STATUSES: &[Status] = &[
     Status {
         code: 0,
-        meaning: "notified, deferred, skipped, or the relay failed (an error line says so)",
+        meaning: "notified, deferred, skipped, or the relay failed (an error line says so); \
+                  --setup: set up, or nothing to set up (a chatmail account)",
     },
     Status {
         code: USAGE,
         meaning: "usage: no token, a malformed token, a phone without a push token, a bad option; \
-                  for --check also a token the relay called gone",
+                  for --check also a token the relay called gone; --setup: a log it cannot use, \
+                  a question without a terminal (the line names the option to give)",
     },
     Status {
         code: UNAVAILABLE,
         meaning: "--check could not reach the relay, or found a deferred wakeup that was not sent; \
                   --watch: an imap:// server without STARTTLS, another watcher on the same mailbox, or no \
-                  TLS set-up",
+                  TLS set-up; --setup: no server of the log answered, or systemctl failed",
     },
     Status {
         code: IOERR,
-        meaning: "standard input could not be read",
+        meaning: "standard input could not be read; --setup: also the terminal it asked on",
     },
     Status {
         code: TEMPFAIL,
@@ -49,12 +51,13 @@ pub const STATUSES: &[Status] = &[
         code: NOPERM,
         meaning: "started with a real or saved uid or gid other than the effective one, and could \
                   not give it up: nothing was read or sent; --watch: the IMAP server said that the password \
-                  from --password-file is wrong",
+                  from --password-file is wrong; --setup: the server refused the login, or you said no to it",
     },
     Status {
         code: CONFIG,
         meaning: "configuration: cache dir not usable, insecure --url, unreadable --token-file; \
-                  --watch: a bad URL, an unusable --password-file, a mailbox that cannot be opened",
+                  --watch: a bad URL, an unusable --password-file, a mailbox that cannot be opened; \
+                  --setup: also an unreadable --log, a file it could not write",
     },
 ];
 

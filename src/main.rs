@@ -1,6 +1,7 @@
 //! deltapush-mda: wake Delta Chat on a phone when mail arrives in a mailbox without push.
 
 mod account;
+mod applog;
 mod cache;
 mod check;
 mod cli;
@@ -14,6 +15,7 @@ mod message;
 mod privileges;
 mod relay;
 mod run;
+mod setup;
 mod text;
 mod token;
 mod wakeup;
@@ -55,11 +57,15 @@ fn main() -> ExitCode {
     };
     let check = cli.check;
     // A pipe writer must see its message consumed even when the configuration is wrong.
-    let header =
-        match cli.check || cli.send_deferred || cli.wait_stored.is_some() || cli.watch.is_some() {
-            true => Ok(None),
-            false => message::read_stdin(),
-        };
+    let header = match cli.check
+        || cli.send_deferred
+        || cli.wait_stored.is_some()
+        || cli.watch.is_some()
+        || cli.setup.is_some()
+    {
+        true => Ok(None),
+        false => message::read_stdin(),
+    };
     let config = match Config::resolve(cli) {
         Ok(config) => config,
         Err(e) if check => return exit(Ok(check::failed(&e)), &out, false),
@@ -76,6 +82,7 @@ fn main() -> ExitCode {
             .map_err(Error::Input)
             .and_then(|header| hold::hold(&config, header.as_deref(), &out)),
         Mode::Watch => watch::run(&config, &out),
+        Mode::Setup => setup::run(&config, &out),
         Mode::Deliver | Mode::DryRun => header
             .map_err(Error::Input)
             .and_then(|header| run::deliver(&config, header.as_deref(), &out)),

@@ -103,6 +103,17 @@ fn usage_errors() {
             line("unexpected argument '--frobnicate' found; see --help")
         )
     );
+    // clap lists what is missing on lines of their own: they are the point of the line.
+    assert_eq!(
+        sb.deliver(&relay, PLAIN, &["--password-file", "/nonexistent", "tok"]),
+        (
+            64,
+            line(
+                "the following required arguments were not provided: \
+                 <--watch <URL>|--setup <NAME>>; see --help"
+            )
+        )
+    );
     assert_eq!(
         sb.deliver(&relay, PLAIN, &["-q", "--interval", "never", "tok"]),
         (64, String::new())

@@ -252,7 +252,7 @@ fn bash_complete(words: &[&str]) -> Vec<String> {
 fn bash_completes_options() {
     assert_eq!(
         bash_complete(&["deltapush-mda", "--t"]),
-        ["--token-file", "--timeout", "--tempfail"]
+        ["--token-file", "--timeout", "--tempfail", "--trust-server"]
     );
     assert_eq!(bash_complete(&["deltapush-mda", "--dr"]), ["--dry-run"]);
 }

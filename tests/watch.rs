@@ -774,11 +774,7 @@ fn the_environment_file_runs_the_watcher() {
 
 #[test]
 fn the_unit_verifies() {
-    let analyze = common::realmail::require("systemd-analyze");
     let dir = tempfile::tempdir().unwrap();
-    let runtime = dir.path().join("runtime");
-    fs::create_dir(&runtime).unwrap();
-    fs::set_permissions(&runtime, fs::Permissions::from_mode(0o700)).unwrap();
     let shipped = fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("examples/watch/deltapush-watch@.service"),
@@ -792,22 +788,10 @@ fn the_unit_verifies() {
         shipped.replace("/usr/bin/deltapush-mda", common::bin().to_str().unwrap()),
     )
     .unwrap();
-    let out = Command::new(analyze)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", dir.path())
-        .env("XDG_RUNTIME_DIR", &runtime)
-        .args(["--user", "--man=no", "verify"])
-        .arg(dir.path().join("deltapush-watch@work.service"))
-        .output()
-        .unwrap();
-    assert_eq!(
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).as_ref()
-        ),
-        (Some(0), ""),
-        "{out:?}"
+    common::realmail::verify_user_unit(
+        dir.path(),
+        None,
+        &dir.path().join("deltapush-watch@work.service"),
     );
 }
 

@@ -497,3 +497,33 @@ impl TlsFront {
         }
     }
 }
+
+/// `systemd-analyze verify` of a user unit as the user's systemd would load it, for a user whose
+/// home is `home` (and whose $XDG_CONFIG_HOME is `config`, if given): no error, not a word.
+pub fn verify_user_unit(home: &Path, config: Option<&Path>, unit: &Path) {
+    let analyze = require("systemd-analyze");
+    let runtime = home.join("runtime");
+    fs::create_dir_all(&runtime).unwrap();
+    fs::set_permissions(&runtime, fs::Permissions::from_mode(0o700)).unwrap();
+    let mut cmd = Command::new(analyze);
+    cmd.env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", home)
+        .env("XDG_RUNTIME_DIR", &runtime);
+    if let Some(config) = config {
+        cmd.env("XDG_CONFIG_HOME", config);
+    }
+    let out = cmd
+        .args(["--user", "--man=no", "verify"])
+        .arg(unit)
+        .output()
+        .unwrap();
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).as_ref()
+        ),
+        (Some(0), ""),
+        "{out:?}"
+    );
+}

@@ -291,6 +291,17 @@ fn without_hidden(cmd: &Command) -> Command {
     Command::new(BIN)
         .version(env!("CARGO_PKG_VERSION"))
         .args(visible)
+        // The arguments' `requires` name these; clap's own group of all arguments stays out.
+        .groups(
+            cmd.get_groups()
+                .filter(|g| {
+                    g.get_args().all(|id| {
+                        cmd.get_arguments()
+                            .any(|a| a.get_id() == id && !a.is_hide_set())
+                    })
+                })
+                .cloned(),
+        )
 }
 
 /// Text for a roff text line: the characters roff would read as its own escaped, and every
