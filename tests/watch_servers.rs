@@ -1269,8 +1269,7 @@ fn a_server_without_idle_is_polled() {
 
 #[test]
 fn watch_against_the_servers_of_the_internet() {
-    let only = std::env::var("ONLY").unwrap_or_default(); // DEV
-    let cases: [(&'static str, fn()); 20] = [
+    run_cases(&[
         ("a_well_behaved_server", a_well_behaved_server),
         (
             "a_flood_of_untagged_codes_costs_no_memory",
@@ -1345,10 +1344,5 @@ fn watch_against_the_servers_of_the_internet() {
             "gmail_xoauth2_refusal_is_retried_with_a_fresh_token",
             gmail_xoauth2_refusal_is_retried_with_a_fresh_token,
         ),
-    ];
-    let cases: Vec<_> = cases
-        .into_iter()
-        .filter(|(n, _)| n.contains(&only))
-        .collect(); // DEV
-    run_cases(&cases);
+    ]);
 }
