@@ -2,12 +2,14 @@
 //! it writes is checked for panics and for tokens), the one stand-in relay on 127.0.0.1 that
 //! records its hits, TLS in front of it, realistic tokens, and each expected line built in one
 //! place. `realmail` drives the real mail programs; `dovecot` is a mail server of a test's own,
-//! `lmtp` the clients that talk to it, and `examples` the shipped files as the tests render them.
+//! `lmtp` the clients that talk to it, `imap` a scriptable IMAP server that plays the ones a
+//! watcher meets, and `examples` the shipped files as the tests render them.
 #![allow(dead_code)]
 
 pub mod courier;
 pub mod dovecot;
 pub mod examples;
+pub mod imap;
 pub mod lmtp;
 pub mod mailhome;
 pub mod realmail;
