@@ -2,7 +2,6 @@
 //! IMAP over TLS on a free port of 127.0.0.1, stopped when dropped.
 
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -546,14 +545,10 @@ impl MailServer {
     }
 }
 
-/// Two ports of 127.0.0.1 that were free a moment ago, and not the same one: [`free_port`]
-/// twice may give the same port twice (the kernel hands out again a port it just took back),
-/// and Dovecot refuses a duplicate listener. Both are held while they are picked.
+/// Two ports of 127.0.0.1 that were free a moment ago, and not the same one (Dovecot refuses a
+/// duplicate listener): [`free_port`] never gives one twice.
 fn two_free_ports() -> (u16, u16) {
-    let port = |l: &TcpListener| l.local_addr().unwrap().port();
-    let first = TcpListener::bind("127.0.0.1:0").unwrap();
-    let second = TcpListener::bind("127.0.0.1:0").unwrap();
-    (port(&first), port(&second))
+    (free_port(), free_port())
 }
 
 /// A user's line of the passwd-file.

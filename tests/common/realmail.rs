@@ -57,16 +57,20 @@ pub fn in_root(root: &Path, who: &str) -> Command {
     cmd
 }
 
+/// A port for a server a test starts, free when asked. Below the kernel's ephemeral range
+/// (32768 and up): a port that bind(0) handed out and this gave back could be handed out again
+/// at once, to a relay of a case running beside, and the server would then find it taken while
+/// `wait_listening` found the relay listening. Each process starts at a place of its own.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    const FIRST: u16 = 10_000;
+    const COUNT: u32 = 22_000;
+    static NEXT: std::sync::Mutex<Option<u32>> = std::sync::Mutex::new(None);
+    let mut next = NEXT.lock().unwrap();
+    let n = next.get_or_insert_with(|| std::process::id().wrapping_mul(7_919) % COUNT);
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if GIVEN.lock().unwrap().insert(port) {
+        let port = FIRST + (*n % COUNT) as u16;
+        *n = n.wrapping_add(1);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
