@@ -356,7 +356,20 @@ fn a_trickled_greeting_is_dropped_at_the_timeout() {
             Duration::from_secs(2),
         )],
     );
-    let w = site.watch(&["--timeout", "3s"]);
+    let c = dropped_then_watching(&site, "3s");
+    assert_dropped_after(&c[0], c[0].opened, Duration::from_secs(3));
+    assert!(c[0].verbs().is_empty(), "{:?}", c[0].lines);
+    assert!(c[1].opened - c[0].closed.unwrap() < Duration::from_secs(1));
+    assert_watched(&c[1], "LOGIN", &["DONE", "LOGOUT"]);
+    site.assert_logins("LOGIN", &[(1, PASSWORD)]);
+    assert!(site.relay.posts().is_empty());
+}
+
+/// Runs a watcher with `--timeout` against a server whose first connection is spoilt: the
+/// watcher says once that it did not answer in time, and watches over the second connection
+/// after the backoff. Returns the two connections, for the case to check what each received.
+fn dropped_then_watching(site: &Site, timeout: &str) -> Vec<Connection> {
+    let w = site.watch(&["--timeout", timeout]);
     let url = site.url();
     let want = format!(
         "{}{}",
@@ -369,12 +382,7 @@ fn a_trickled_greeting_is_dropped_at_the_timeout() {
     assert_eq!((status, stderr), (Some(0), want));
     let c = site.connections(2);
     assert_eq!(c.len(), 2);
-    assert_dropped_after(&c[0], c[0].opened, Duration::from_secs(3));
-    assert!(c[0].verbs().is_empty(), "{:?}", c[0].lines);
-    assert!(c[1].opened - c[0].closed.unwrap() < Duration::from_secs(1));
-    assert_watched(&c[1], "LOGIN", &["DONE", "LOGOUT"]);
-    site.assert_logins("LOGIN", &[(1, PASSWORD)]);
-    assert!(site.relay.posts().is_empty());
+    c
 }
 
 /// Asserts that the watcher hung up on `c` the timeout after `from`, not sooner and not much
@@ -400,19 +408,7 @@ fn a_trickled_answer_is_dropped_at_the_timeout() {
             Duration::from_millis(500),
         )],
     );
-    let w = site.watch(&["--timeout", "3s"]);
-    let url = site.url();
-    let want = format!(
-        "{}{}",
-        again(&url, "the server did not answer in time", 1),
-        watching(&url)
-    );
-    w.wait_stderr(&want, Duration::from_secs(8));
-    site.wait_idle(1, 1);
-    let (status, stderr) = w.terminate();
-    assert_eq!((status, stderr), (Some(0), want));
-    let c = site.connections(2);
-    assert_eq!(c.len(), 2);
+    let c = dropped_then_watching(&site, "3s");
     // The login takes a few ms: the EXAMINE began about when the connection did.
     assert_dropped_after(&c[0], c[0].opened, Duration::from_secs(3));
     assert_eq!(c[0].verbs(), verbs(&["LOGIN", "CAPABILITY", "EXAMINE"]));
@@ -557,19 +553,7 @@ fn a_flood_in_answer_to_a_command_is_dropped_at_the_timeout() {
             Act::Normal,
         ],
     );
-    let w = site.watch(&["--timeout", "2s"]);
-    let url = site.url();
-    let want = format!(
-        "{}{}",
-        again(&url, "the server did not answer in time", 1),
-        watching(&url)
-    );
-    w.wait_stderr(&want, SOON);
-    site.wait_idle(1, 1);
-    let (status, stderr) = w.terminate();
-    assert_eq!((status, stderr), (Some(0), want));
-    let c = site.connections(2);
-    assert_eq!(c.len(), 2);
+    let c = dropped_then_watching(&site, "2s");
     assert_eq!(c[0].verbs(), verbs(&["LOGIN", "CAPABILITY", "EXAMINE"]));
     assert_dropped_after(&c[0], c[0].at[2], Duration::from_secs(2));
     assert_watched(&c[1], "LOGIN", &["DONE", "LOGOUT"]);
