@@ -580,6 +580,70 @@ fn a_flood_in_answer_to_a_command_is_dropped_at_the_timeout() {
     assert_watched(&c[1], "LOGIN");
 }
 
+/// A catch-up whose answer comes slower than `--timeout` allows (10 messages 300 ms apart,
+/// `--timeout 2s`): what came whole before the cut counts, the phone is woken for it, and the
+/// next connection goes on from there instead of starting over (which never ended).
+fn a_slow_catch_up_still_makes_progress() {
+    let site = Site::new(100);
+    // Found at the renewal, so that the slow answer is the one scripted below.
+    site.imap.silent_idle();
+    let w = site.watch(&["--timeout", "2s"]);
+    let url = site.url();
+    w.wait_stderr(&watching(&url), SOON);
+    site.wait_idle(0, 1);
+    let message = chat();
+    let uids: Vec<u32> = (0..10).map(|_| site.imap.deliver(&message)).collect();
+    // The header block, up to and with its blank line (the corpus message ends lines in LF).
+    let header = &message[..message.windows(2).position(|w| w == b"\n\n").unwrap() + 2];
+    let mut acts = Vec::new();
+    for (i, uid) in uids.iter().enumerate() {
+        let mut response = format!(
+            "* {} FETCH (UID {uid} BODY[HEADER]<0> {{{}}}\r\n",
+            i + 1,
+            header.len()
+        )
+        .into_bytes();
+        response.extend_from_slice(header);
+        response.extend_from_slice(b")\r\n");
+        acts.push(Act::Send(response));
+        acts.push(Act::Pause(Duration::from_millis(300)));
+    }
+    acts.push(Act::tagged("OK done"));
+    site.imap.script(On::Command("UID FETCH"), 1, acts);
+    let want = format!(
+        "{}{}{}",
+        watching(&url),
+        again(&url, "the server did not answer in time", 1),
+        watching(&url)
+    );
+    w.wait_stderr(&want, SOON * 2);
+    // One wakeup for what came before the cut, one for the rest.
+    let posts = site.wait_posts(2, SOON);
+    let (status, stderr) = w.terminate();
+    assert_eq!((status, stderr), (Some(0), want));
+    assert_eq!(posts.len(), 2);
+    let c = site.connections(2);
+    assert_eq!(c.len(), 2);
+    let fetches: Vec<String> = c[1]
+        .lines
+        .iter()
+        .filter(|l| l.contains("UID FETCH"))
+        .cloned()
+        .collect();
+    // The second connection asks only for what the first did not get whole: from a UID past
+    // the first few, not from the first one again.
+    let from: u32 = fetches[0]
+        .split("UID FETCH ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{fetches:?}"));
+    assert!(
+        from > uids[3] && from <= uids[9],
+        "{fetches:?}, UIDs {uids:?}"
+    );
+}
+
 /// 30 messages whose header blocks are each as big as the watcher asks for (256 KiB), in one
 /// fetch: handed on as they come, one wakeup, memory bounded.
 fn big_header_blocks_in_one_fetch() {
@@ -1306,6 +1370,10 @@ fn watch_against_the_servers_of_the_internet() {
         (
             "a_huge_literal_is_refused_unread",
             a_huge_literal_is_refused_unread,
+        ),
+        (
+            "a_slow_catch_up_still_makes_progress",
+            a_slow_catch_up_still_makes_progress,
         ),
         (
             "terminal_escapes_in_server_text_are_dropped",

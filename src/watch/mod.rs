@@ -435,15 +435,26 @@ impl Watcher<'_> {
             };
             let (config, out) = (self.config, self.out);
             let mut wanted: Option<Vec<u8>> = None;
-            let found = s.fetch_after(mark.uid, &mut |uid, header| {
+            let (found, ended) = s.fetch_after(mark.uid, &mut |uid, header| {
                 out.info(format_args!("new message, UID {uid}"));
                 // The same decision as a delivery, which also says why a message is skipped.
                 if wanted.is_none() && run::wanted(config, Some(header), out) {
                     wanted = Some(header.to_vec());
                 }
-            })?;
-            let Some(last) = found.last else {
-                return Ok(total);
+            });
+            if let Err(Fault::Stopped) = ended {
+                return Err(End::Stopped);
+            }
+            // An answer cut off (too slow for --timeout, or the connection lost) still counts
+            // for what came whole, when it came in the mailbox's order: otherwise a catch-up
+            // too long for one --timeout would start over at every reconnect and never end.
+            let kept = ended.is_ok() || found.ascending;
+            let last = match found.last {
+                Some(last) if kept => last,
+                _ => {
+                    ended?;
+                    return Ok(total);
+                }
             };
             total += found.count;
             if let Some(header) = wanted {
@@ -452,6 +463,7 @@ impl Watcher<'_> {
             // After the wakeup, not before: a crash in between costs a second wakeup, never a
             // missed one.
             self.set_mark(Mark { uid: last, ..mark })?;
+            ended?;
             if !s.changed {
                 return Ok(total);
             }

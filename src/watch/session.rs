@@ -80,6 +80,9 @@ pub struct Found {
     /// How many messages, and the highest UID among them.
     pub count: u32,
     pub last: Option<u32>,
+    /// Each came with a higher UID than the one before, as servers answer (in the order of
+    /// the mailbox, which is the order of UIDs): then no message below `last` is still to come.
+    pub ascending: bool,
 }
 
 /// Where a FETCH answer goes: its UID, and its header block if it has one.
@@ -445,12 +448,14 @@ impl<W: Wire> Session<W> {
     }
 
     /// Hands `each` the UID and header block of every message with a UID above `after`, as the
-    /// answer arrives, without setting \Seen (BODY.PEEK; the mailbox is EXAMINEd, too).
+    /// answer arrives, without setting \Seen (BODY.PEEK; the mailbox is EXAMINEd, too). What was
+    /// found comes back also when the answer was cut off, so that a slow answer to a long
+    /// catch-up still makes progress.
     pub fn fetch_after(
         &mut self,
         after: u32,
         each: &mut dyn FnMut(u32, &[u8]),
-    ) -> Result<Found, Fault> {
+    ) -> (Found, Result<(), Fault>) {
         self.changed = false;
         let set = format!("{}:*", after.saturating_add(1));
         let items = vec![
@@ -463,9 +468,13 @@ impl<W: Wire> Session<W> {
                 peek: true,
             },
         ];
-        let body = CommandBody::fetch(set.as_str(), items, true)
-            .map_err(|_| Fault::Lost("a UID out of range".into()))?;
-        let mut found = Found::default();
+        let mut found = Found {
+            ascending: true,
+            ..Found::default()
+        };
+        let Ok(body) = CommandBody::fetch(set.as_str(), items, true) else {
+            return (found, Err(Fault::Lost("a UID out of range".into())));
+        };
         let mut take = |uid: u32, header: Option<&[u8]>| {
             // `N:*` includes the last message even when its UID is below N (RFC 3501 6.4.8); a
             // FETCH without the header is a flag change.
@@ -473,13 +482,17 @@ impl<W: Wire> Session<W> {
                 && uid > after
             {
                 found.count += 1;
+                found.ascending &= found.last.is_none_or(|last| uid > last);
                 found.last = found.last.max(Some(uid));
                 each(uid, header);
             }
         };
-        self.command(body, Some(&mut take))?
-            .map_err(|r| r.fault("UID FETCH"))?;
-        Ok(found)
+        let ended = match self.command(body, Some(&mut take)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(refused)) => Err(refused.fault("UID FETCH")),
+            Err(fault) => Err(fault),
+        };
+        (found, ended)
     }
 
     pub fn noop(&mut self) -> Result<(), Fault> {
@@ -611,7 +624,8 @@ pub fn exercise(data: &[u8]) {
         s.fetch_after(3, &mut |uid, header| {
             assert!(uid > 3);
             assert!(header.len() <= MAX_LITERAL as usize);
-        })?;
+        })
+        .1?;
         s.idle(Duration::ZERO)?;
         s.noop()
     }
@@ -648,7 +662,8 @@ mod tests {
 
     fn fetch(s: &mut Session<Script>) -> Result<Vec<(u32, Vec<u8>)>, Fault> {
         let mut seen = Vec::new();
-        s.fetch_after(4, &mut |uid, header| seen.push((uid, header.to_vec())))?;
+        s.fetch_after(4, &mut |uid, header| seen.push((uid, header.to_vec())))
+            .1?;
         Ok(seen)
     }
 
